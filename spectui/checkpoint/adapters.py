@@ -1,0 +1,161 @@
+"""PEFT LoRA adapters read as the tuned weights they stand for, without building any model.
+
+The merge follows PEFT exactly: ΔW = scaling · B @ A with scaling = lora_alpha / r (or
+/ sqrt(r) with rsLoRA), per-module r and alpha from `rank_pattern` / `alpha_pattern`, transposed
+for `fan_in_fan_out` (GPT-2 Conv1D) and for embeddings, and DoRA's magnitude rescaling.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spectui.checkpoint.files import CheckpointError, TensorStore, read_json, weight_files
+
+ADAPTER_CONFIG = "adapter_config.json"
+PEFT_PREFIX = "base_model.model."
+# Initialisations that rewrite the base weights: such an adapter is only relative to the original
+# base when PEFT converted it at save time (which resets init_lora_weights to True).
+BASE_CHANGING_INITS = ("pissa", "olora", "corda")
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.[^.]+)*$"
+)
+_SAVED_COPY = re.compile(r"\.modules_to_save\.[^.]+\.")
+
+
+def is_adapter_dir(path: Path) -> bool:
+    return path.is_dir() and (path / ADAPTER_CONFIG).is_file()
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One adapted weight: where its factors live and how they combine."""
+
+    module: str
+    a_key: str
+    b_key: str
+    scaling: float
+    rank: int
+    embedding: bool
+    fan_in_fan_out: bool
+    magnitude_key: str | None
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.module}.weight"
+
+
+class LoraAdapter:
+    """A PEFT LoRA adapter directory: its config, its factors, and any full replacement weights."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.config_file = path / ADAPTER_CONFIG
+        self.config = read_json(self.config_file)
+        peft_type = str(self.config.get("peft_type", "LORA")).upper()
+        if peft_type != "LORA":
+            raise CheckpointError(self.config_file, f"is a {peft_type} adapter; only LoRA adapters are supported")
+        self.store = TensorStore(path, weight_files(path), {})
+        self.modules: dict[str, LoraModule] = {}
+        self.replacements: dict[str, str] = {}  # weight name → adapter key (modules_to_save etc.)
+        self._index_keys()
+
+    @property
+    def base_reference(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    @property
+    def rank(self) -> int:
+        return int(self.config.get("r", 8))
+
+    def warnings(self) -> list[str]:
+        init = str(self.config.get("init_lora_weights", True)).lower()
+        if init.startswith(BASE_CHANGING_INITS):
+            return [
+                f"{self.config_file}: init_lora_weights={init} changes the base weights and this adapter "
+                "was not converted at save time, so it is relative to a modified base; its deltas "
+                "against the original base are not what training did"
+            ]
+        return []
+
+    def _index_keys(self) -> None:
+        parts: dict[str, dict[str, str]] = {}
+        for key in self.store.names():
+            name = key.removeprefix(PEFT_PREFIX)
+            match = _LORA_KEY.match(name)
+            if match:
+                parts.setdefault(match["module"], {})[match["part"]] = key
+            elif name.endswith(".weight") and not name.endswith(".bias"):
+                # modules_to_save copies, and embedding layers saved whole beside their LoRA
+                self.replacements[_SAVED_COPY.sub(".", name).replace(".base_layer.", ".")] = key
+        for module, found in parts.items():
+            self.modules[f"{module}.weight"] = self._lora_module(module, found)
+
+    def _lora_module(self, module: str, found: dict[str, str]) -> LoraModule:
+        embedding = "lora_embedding_A" in found
+        a_key = found.get("lora_embedding_A" if embedding else "lora_A")
+        b_key = found.get("lora_embedding_B" if embedding else "lora_B")
+        if a_key is None or b_key is None:
+            raise CheckpointError(self.store.path, f"has only one of the two LoRA factors for {module}")
+        a_shape = self.store.shape(a_key)
+        rank = a_shape[0]
+        r = int(_pattern_value(self.config.get("rank_pattern") or {}, module, self.config.get("r", rank)))
+        alpha = float(_pattern_value(self.config.get("alpha_pattern") or {}, module,
+                                     self.config.get("lora_alpha", r)))
+        scaling = alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+        return LoraModule(
+            module=module, a_key=a_key, b_key=b_key, scaling=scaling, rank=rank, embedding=embedding,
+            fan_in_fan_out=bool(self.config.get("fan_in_fan_out")) and not embedding,
+            magnitude_key=found.get("lora_magnitude_vector"),
+        )
+
+    def check_fits(self, module: LoraModule, base_shape: tuple[int, ...]) -> None:
+        """Refuse an adapter made for another base before any tensor is read."""
+        out_dim, in_dim = _out_in(base_shape, module)
+        b_shape, a_shape = self.store.shape(module.b_key), self.store.shape(module.a_key)
+        if len(base_shape) != 2 or b_shape[0] != out_dim or a_shape[-1] != in_dim:
+            raise CheckpointError(
+                self.store.path,
+                f"LoRA factors for {module.module} (B {_fmt(b_shape)}, A {_fmt(a_shape)}) do not fit "
+                f"the base weight {_fmt(base_shape)}; the adapter was made for another base model",
+            )
+
+    def factors(self, module: LoraModule) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scaling·B, A) in float32, so that ΔW in (out, in) orientation is their product."""
+        b = self.store.load(module.b_key).float()
+        a = self.store.load(module.a_key).float()
+        return module.scaling * b, a
+
+    def merge(self, module: LoraModule, w0: torch.Tensor) -> torch.Tensor:
+        """The tuned weight in the base's stored orientation, as PEFT's merge computes it."""
+        b, a = self.factors(module)
+        transposed = module.embedding or module.fan_in_fan_out
+        w = (w0.T if transposed else w0).float() + b @ a
+        if module.magnitude_key is not None:
+            magnitude = self.store.load(module.magnitude_key).float().reshape(-1, 1)
+            w = w * (magnitude / torch.linalg.norm(w, dim=1, keepdim=True))
+        return w.T if transposed else w
+
+
+def _out_in(base_shape: tuple[int, ...], module: LoraModule) -> tuple[int, int]:
+    if len(base_shape) != 2:
+        return -1, -1
+    rows, cols = base_shape
+    return (cols, rows) if module.embedding or module.fan_in_fan_out else (rows, cols)
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's `get_pattern_key`: the first key that matches the end of the module path wins."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"

@@ -1,0 +1,99 @@
+"""One base checkpoint against one or more tuned ones (full checkpoints or LoRA adapters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spectui.checkpoint.adapters import LoraAdapter, is_adapter_dir
+from spectui.checkpoint.files import CheckpointError, TensorStore, locate, open_store
+from spectui.checkpoint.pairing import AdaptedModel, MatrixSpec, Pairing, open_model, pair
+
+
+@dataclass
+class TunedModel:
+    source: TensorStore | AdaptedModel
+    pairing: Pairing
+    label: str
+
+    @property
+    def path(self) -> Path:
+        return self.source.path
+
+    @property
+    def description(self) -> str:
+        if isinstance(self.source, AdaptedModel):
+            cfg = self.source.adapter.config
+            kind = "DoRA" if cfg.get("use_dora") else "rsLoRA" if cfg.get("use_rslora") else "LoRA"
+            return f"{kind} r={cfg.get('r')} α={cfg.get('lora_alpha')}"
+        return "full checkpoint"
+
+    def spec(self, name: str) -> MatrixSpec | None:
+        return self._by_name.get(name)
+
+    def __post_init__(self):
+        self._by_name = {spec.name: spec for spec in self.pairing.matrices}
+
+
+@dataclass
+class Comparison:
+    base: TensorStore
+    tuned: list[TunedModel]
+    warnings: list[str]
+
+    def matrix_names(self) -> list[str]:
+        """Every base matrix that at least one tuned model changes, in checkpoint order."""
+        wanted = {spec.name for model in self.tuned for spec in model.pairing.matrices}
+        return [name for name in self.base.names() if name in wanted]
+
+    def spec(self, name: str) -> MatrixSpec:
+        return next(m.spec(name) for m in self.tuned if m.spec(name) is not None)
+
+
+def adapter_base(adapter_dir: Path) -> Path:
+    """The base an adapter names in its config, found locally (path or Hugging Face cache)."""
+    adapter = LoraAdapter(adapter_dir)
+    reference = adapter.base_reference
+    if not reference:
+        raise CheckpointError(adapter.config_file, "names no base_model_name_or_path; pass BASE explicitly")
+    try:
+        return locate(reference, relative_to=adapter_dir)
+    except CheckpointError as err:
+        raise CheckpointError(
+            adapter.config_file,
+            f"names base model '{reference}', which is neither a local path nor in the local "
+            "Hugging Face cache; pass BASE explicitly",
+        ) from err
+
+
+def open_comparison(base: str | None, tuned: list[str], include_embeddings: bool = False) -> Comparison:
+    """Open everything lazily and pair names; no tensor data is read here."""
+    if not tuned:
+        raise CheckpointError(base or ".", "nothing to compare: give a tuned model or an adapter")
+    tuned_paths = [locate(t) for t in tuned]
+    if base is None:
+        if not is_adapter_dir(tuned_paths[0]):
+            raise CheckpointError(tuned_paths[0], "is not a PEFT adapter, so BASE must be given too")
+        base_path = adapter_base(tuned_paths[0])
+    else:
+        base_path = locate(base)
+    if is_adapter_dir(base_path):
+        raise CheckpointError(base_path, "is a PEFT adapter; BASE must be a full checkpoint")
+    base_store = open_store(base_path)
+    models, warnings = [], []
+    for path, label in zip(tuned_paths, _labels(tuned_paths)):
+        source = open_model(path, base_store)
+        if isinstance(source, AdaptedModel):
+            warnings += source.adapter.warnings()
+        models.append(TunedModel(source, pair(base_store, source, include_embeddings), label))
+    return Comparison(base_store, models, warnings)
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Directory names, lengthened with their parents where two would read the same."""
+    labels = [p.name for p in paths]
+    for depth in range(2, 5):
+        if len(set(labels)) == len(labels):
+            break
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+    return labels

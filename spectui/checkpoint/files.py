@@ -1,0 +1,256 @@
+"""Lazy, memory-bounded access to the tensors of one checkpoint on disk.
+
+Only headers are read up front; a tensor's bytes are read when asked for, one at a time, so a
+scan of a model twice as deep needs no more memory. Pickled `.bin` files are only ever opened
+with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+_SAFETENSORS_DTYPES = {
+    "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
+}
+
+
+class CheckpointError(Exception):
+    """Bad input, told in one sentence that names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    file: Path
+
+
+class TensorStore:
+    """Name → tensor over the weight files of one checkpoint (single file, shards, or `.bin`)."""
+
+    def __init__(self, path: Path, files: list[Path], config: dict):
+        self.path = path
+        self.config = config
+        self._infos: dict[str, TensorInfo] = {}
+        for file in files:
+            for info in _read_infos(file):
+                self._infos.setdefault(info.name, info)
+        self._lock = threading.Lock()
+        self._open_file: Path | None = None
+        self._handle = None
+
+    def __repr__(self) -> str:
+        return f"TensorStore({self.path})"
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    def names(self) -> list[str]:
+        return list(self._infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
+
+    def info(self, name: str) -> TensorInfo:
+        return self._infos[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._infos[name].shape
+
+    def load(self, name: str) -> torch.Tensor:
+        """Read one tensor; keeps at most one weight file open (mergekit-style) to bound memory."""
+        info = self._infos[name]
+        with self._lock:
+            if self._open_file != info.file:
+                self._handle = _open_weights(info.file)
+                self._open_file = info.file
+            try:
+                if isinstance(self._handle, dict):
+                    return self._handle[name].clone()
+                return self._handle.get_tensor(name)
+            except Exception as err:  # safetensors raises its own error types
+                raise CheckpointError(info.file, f"cannot read tensor {name} ({err})") from err
+
+
+def _read_infos(file: Path) -> list[TensorInfo]:
+    if file.suffix == ".safetensors":
+        return _safetensors_infos(file)
+    state = _open_weights(file)
+    return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), file)
+            for k, v in state.items()]
+
+
+def _safetensors_infos(file: Path) -> list[TensorInfo]:
+    """Parse and validate the header ourselves: truncation and garbage get a clear message."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(file, "is too short to be a safetensors file")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                raise CheckpointError(file, "is not a valid safetensors file (header larger than file)")
+            header = json.loads(fh.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(file, "is not a valid safetensors file (unreadable header)") from err
+    except OSError as err:
+        raise CheckpointError(file, f"cannot be read ({err.strerror})") from err
+    if not isinstance(header, dict):
+        raise CheckpointError(file, "is not a valid safetensors file (header is not a table)")
+    data_len = size - 8 - header_len
+    infos = []
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, end = meta["data_offsets"]
+            dtype, shape = meta["dtype"], tuple(int(d) for d in meta["shape"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(file, f"has a malformed header entry for {name}") from err
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(file, f"stores {name} in unsupported dtype {dtype}")
+        if end > data_len or begin > end:
+            raise CheckpointError(file, f"is truncated: tensor {name} lies past the end of the file")
+        infos.append(TensorInfo(name, shape, dtype, file))
+    return infos
+
+
+def _open_weights(file: Path):
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            return safe_open(str(file), framework="pt")
+        except Exception as err:
+            raise CheckpointError(file, f"is not a valid safetensors file ({err})") from err
+    return _torch_load(file)
+
+
+def _torch_load(file: Path) -> dict[str, torch.Tensor]:
+    """`weights_only=True` refuses anything but tensors, so untrusted pickles cannot run code."""
+    import pickle
+    import zipfile
+
+    def load(mmap: bool):
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+
+    try:
+        try:
+            state = load(mmap=True)
+        except RuntimeError as err:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            state = load(mmap=False)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(file, "holds objects other than tensors; refusing to unpickle it") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(file, f"is not a readable PyTorch checkpoint ({_first_line(err)})") from err
+    except OSError as err:
+        raise CheckpointError(file, f"cannot be read ({err.strerror or err})") from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(file, "does not hold a state dict of tensors")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(file, f"is not valid JSON (line {err.lineno})") from err
+    except OSError as err:
+        raise CheckpointError(file, f"cannot be read ({err.strerror})") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(file, "does not hold a JSON object")
+    return data
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The weight files of a checkpoint directory or file, following a shard index when present."""
+    if path.is_file():
+        if path.name.endswith(".index.json"):
+            return _index_files(path)
+        if path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+            return [path]
+        raise CheckpointError(path, "is not a weights file (expected .safetensors, .bin or an index.json)")
+    for index in (SAFETENSORS_INDEX, BIN_INDEX):
+        if (path / index).is_file():
+            return _index_files(path / index)
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (path / single).is_file():
+            return [path / single]
+    found = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if not found:
+        raise CheckpointError(
+            path, "holds no model weights (expected model.safetensors, a shard index, or pytorch_model.bin)"
+        )
+    return found
+
+
+def _index_files(index: Path) -> list[Path]:
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(index, "has no weight_map")
+    files = []
+    for shard in dict.fromkeys(weight_map.values()):
+        file = index.parent / shard
+        if not file.is_file():
+            raise CheckpointError(index, f"names shard {shard}, which is missing")
+        files.append(file)
+    return files
+
+
+def open_store(path: Path) -> TensorStore:
+    """Open a full checkpoint (directory or weights file) without reading any tensor data."""
+    directory = path if path.is_dir() else path.parent
+    config_file = directory / "config.json"
+    config = read_json(config_file) if config_file.is_file() else {}
+    return TensorStore(path, weight_files(path), config)
+
+
+def locate(reference: str, relative_to: Path | None = None) -> Path:
+    """A model given as a path (absolute, from the working directory, or from `relative_to`) or as a
+    Hugging Face hub id already in the local cache; never goes to the network."""
+    candidates = [Path(reference).expanduser()]
+    if relative_to is not None:
+        candidates.append((relative_to / reference).resolve())
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    cached = _hub_cache_snapshot(reference)
+    if cached is None:
+        raise CheckpointError(reference, "no such file or directory, and not in the local Hugging Face cache")
+    return cached
+
+
+def _hub_cache_snapshot(repo_id: str) -> Path | None:
+    if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        return None

@@ -1,0 +1,225 @@
+"""Per-matrix scan jobs on worker threads: priorities, cancellation, progress events, cache.
+
+One job is one base matrix: it is decomposed once (or read from the cache) and compared with every
+tuned model that changes it, so only one base matrix and one tuned matrix per worker are in memory.
+torch releases the GIL in its kernels, so threads scale; each worker gets its share of the cores.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from spectui.cache import Cache, tensor_digest
+from spectui.checkpoint.comparison import Comparison
+from spectui.checkpoint.files import CheckpointError
+from spectui.checkpoint.pairing import AdaptedModel, load_matrix
+from spectui.spectral import MatrixResult, compare, decompose
+
+
+@dataclass(frozen=True)
+class MatrixDone:
+    name: str
+    model: int
+    result: MatrixResult
+    cached: bool
+
+
+@dataclass(frozen=True)
+class MatrixFailed:
+    name: str
+    message: str
+    bad_input: bool
+
+
+@dataclass(frozen=True)
+class ScanFinished:
+    cancelled: bool
+
+
+ScanEvent = MatrixDone | MatrixFailed | ScanFinished
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` picks CUDA when present; an unusable device is bad input, said in one sentence."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device}: not a device name (try cpu, cuda or cuda:1)") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+    return dev
+
+
+def default_workers(device: torch.device) -> int:
+    """On the CPU two single-threaded solves beat one two-threaded one (LAPACK's eigen-solvers scale
+    poorly); on a GPU one worker keeps it busy while the next matrix is read."""
+    cores = os.cpu_count() or 1
+    return 2 if device.type == "cuda" else max(1, min(cores, 4))
+
+
+class Scan:
+    """Scan a comparison in the background; events arrive on `on_event`, from worker threads."""
+
+    def __init__(
+        self,
+        comparison: Comparison,
+        cache: Cache,
+        device: str = "auto",
+        workers: int | None = None,
+        on_event: Callable[[ScanEvent], None] | None = None,
+    ):
+        self.comparison = comparison
+        self.cache = cache
+        self.device = resolve_device(device)
+        self.workers = workers or default_workers(self.device)
+        self.on_event = on_event or (lambda event: None)
+        self.names = comparison.matrix_names()
+        self.results: dict[tuple[int, str], MatrixResult] = {}
+        self.errors: dict[str, MatrixFailed] = {}
+        self._cost = {name: _cost(comparison.spec(name).shape) for name in self.names}
+        self._total_cost = sum(self._cost.values()) or 1
+        self._done_cost = 0
+        self._done: set[str] = set()
+        self._taken: set[str] = set()
+        self._order = itertools.count()
+        self._queue = [(0, next(self._order), name) for name in self.names]
+        self._urgency = itertools.count(-1, -1)
+        self._lock = threading.Condition()
+        self._cancelled = False
+        self._live = 0
+        self._started_at = 0.0
+        self._finished = False
+
+    # -- control ------------------------------------------------------------------------------
+    def start(self) -> "Scan":
+        self._started_at = time.monotonic()
+        threads_each = max(1, (os.cpu_count() or 1) // self.workers) if self.device.type == "cpu" else 1
+        self._live = self.workers
+        for i in range(self.workers):
+            threading.Thread(target=self._work, args=(threads_each,), daemon=True, name=f"spectui-scan-{i}").start()
+        return self
+
+    def run(self) -> "Scan":
+        """Start and wait: the headless path."""
+        self.start()
+        self.wait()
+        return self
+
+    def prioritize(self, name: str) -> None:
+        """What the user looks at jumps the queue (the most recent request first)."""
+        with self._lock:
+            if name in self._cost and name not in self._taken:
+                heapq.heappush(self._queue, (next(self._urgency), next(self._order), name))
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            self._queue.clear()
+            self._lock.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: self._finished, timeout)
+
+    # -- progress -----------------------------------------------------------------------------
+    @property
+    def done(self) -> int:
+        return len(self._done)
+
+    @property
+    def total(self) -> int:
+        return len(self.names)
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def eta(self) -> float | None:
+        """Seconds left, from the elapsed time per unit of SVD work done so far."""
+        if not self._done_cost:
+            return None
+        elapsed = time.monotonic() - self._started_at
+        return elapsed * (self._total_cost - self._done_cost) / self._done_cost
+
+    # -- workers ------------------------------------------------------------------------------
+    def _next(self) -> str | None:
+        with self._lock:
+            while self._queue and not self._cancelled:
+                _, _, name = heapq.heappop(self._queue)
+                if name not in self._taken:
+                    self._taken.add(name)
+                    return name
+            return None
+
+    def _work(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        while (name := self._next()) is not None:
+            try:
+                self._scan_matrix(name)
+            except CheckpointError as err:
+                self._fail(name, str(err), bad_input=True)
+            except torch.cuda.OutOfMemoryError:
+                self._fail(name, f"{name}: out of memory on {self.device}; try --device cpu", bad_input=False)
+            except (RuntimeError, ValueError, torch.linalg.LinAlgError) as err:
+                self._fail(name, f"{name}: {err}", bad_input=False)
+            with self._lock:
+                self._done.add(name)
+                self._done_cost += self._cost[name]
+        with self._lock:
+            self._live -= 1
+            if self._live == 0:
+                self._finish_locked()
+
+    def _finish_locked(self) -> None:
+        self._finished = True
+        self._lock.notify_all()
+        self.on_event(ScanFinished(cancelled=self._cancelled))
+
+    def _fail(self, name: str, message: str, bad_input: bool) -> None:
+        event = MatrixFailed(name, message, bad_input)
+        self.errors[name] = event
+        self.on_event(event)
+
+    def _scan_matrix(self, name: str) -> None:
+        comparison = self.comparison
+        w0 = load_matrix(comparison.base, name, comparison.spec(name))
+        base_key = tensor_digest(w0)
+        base = None
+        for index, model in enumerate(comparison.tuned):
+            spec = model.spec(name)
+            if spec is None or self._cancelled:
+                continue
+            w = load_matrix(model.source, spec.tuned_name, spec)
+            factors = model.source.delta_factors(spec) if isinstance(model.source, AdaptedModel) else None
+            key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
+            result = self.cache.get_result(key)
+            cached = result is not None
+            if result is None:
+                if base is None:
+                    base = self.cache.get_decomposition(base_key)
+                if base is None:
+                    base = decompose(w0.to(self.device))
+                    self.cache.put_decomposition(base_key, base)
+                result = compare(base, w0.to(self.device), w.to(self.device), factors)
+                self.cache.put_result(key, result)
+            self.results[(index, name)] = result
+            self.on_event(MatrixDone(name, index, result, cached))
+
+
+def _cost(shape: tuple[int, int]) -> int:
+    m, n = shape
+    return m * n * min(m, n)

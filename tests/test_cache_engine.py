@@ -1,0 +1,105 @@
+"""The on-disk cache and the scan engine: reuse, damage, priorities, cancellation, sharing."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import spectui.engine as engine
+from spectui.cache import Cache
+from spectui.checkpoint.comparison import open_comparison
+from spectui.engine import MatrixDone, Scan, ScanFinished
+
+
+def run(tiny, cache, *tuned, **kw):
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / t) for t in tuned])
+    return Scan(comparison, cache, device="cpu", **kw).run()
+
+
+def same_results(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        for field in ("max_cos", "sigma_base", "sigma_tuned", "sigma_delta", "similarity"):
+            np.testing.assert_array_equal(getattr(a[key], field), getattr(b[key], field))
+
+
+def test_second_scan_hits_the_cache_with_identical_results(tiny, cache_dir):
+    first = run(tiny, Cache(cache_dir), "lora")
+    second_cache = Cache(cache_dir)
+    second = run(tiny, second_cache, "lora")
+    assert second_cache.hits == 6 and second_cache.misses == 0
+    same_results(first.results, second.results)
+
+
+def test_damaged_cache_entries_are_recomputed(tiny, cache_dir):
+    first = run(tiny, Cache(cache_dir), "full")
+    entries = sorted((cache_dir / "pair").rglob("*.safetensors"))
+    assert entries
+    entries[0].write_bytes(b"garbage")
+    data = bytearray(entries[1].read_bytes())
+    data[-3] ^= 0xFF  # flip bits inside the tensor data: only the digest notices
+    entries[1].write_bytes(bytes(data))
+    cache = Cache(cache_dir)
+    second = run(tiny, cache, "full")
+    assert cache.misses >= 2
+    same_results(first.results, second.results)
+    assert not list(cache_dir.rglob("*.tmp"))
+
+
+def test_no_cache_writes_nothing(tiny, tmp_path):
+    run(tiny, Cache(None), "lora")
+    assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_base_is_decomposed_once_for_several_tuned_models(tiny, monkeypatch):
+    calls = []
+    real = engine.decompose
+    monkeypatch.setattr(engine, "decompose", lambda w: calls.append(w.shape) or real(w))
+    scan = run(tiny, Cache(None), "lora", "full", "full")
+    # engine.decompose is the base side only (compare() decomposes each tuned matrix itself)
+    assert len(calls) == len(scan.names) == 14
+    assert len(scan.results) == 6 + 14 + 14
+
+
+def test_totals_of_a_joint_scan_equal_single_scans(tiny):
+    joint = run(tiny, Cache(None), "lora", "full")
+    for index, name in enumerate(("lora", "full")):
+        single = run(tiny, Cache(None), name)
+        assert {n: r.intruders() for (i, n), r in joint.results.items() if i == index} == \
+               {n: r.intruders() for (_, n), r in single.results.items()}
+
+
+def test_prioritised_matrix_goes_first(tiny):
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / "full")])
+    order = []
+    scan = Scan(comparison, Cache(None), device="cpu", workers=1,
+                on_event=lambda e: order.append(e.name) if isinstance(e, MatrixDone) else None)
+    last = scan.names[-1]
+    scan.prioritize(last)
+    scan.run()
+    assert order[0] == last and len(order) == 14
+
+
+def test_cancel_stops_early_and_reports(tiny):
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / "full")])
+    finished = []
+    gate = threading.Event()
+
+    def on_event(event):
+        if isinstance(event, MatrixDone):
+            gate.wait(5)
+        if isinstance(event, ScanFinished):
+            finished.append(event)
+
+    scan = Scan(comparison, Cache(None), device="cpu", workers=1, on_event=on_event).start()
+    scan.cancel()
+    gate.set()
+    assert scan.wait(30)
+    assert finished == [ScanFinished(cancelled=True)]
+    assert scan.done < scan.total
+
+
+def test_progress_and_eta(tiny):
+    scan = run(tiny, Cache(None), "full")
+    assert scan.done == scan.total == 14 and scan.finished
+    assert scan.eta() == pytest.approx(0.0)
