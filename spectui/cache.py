@@ -9,19 +9,13 @@ noticed, dropped and recomputed.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from spectui import atomic
 from spectui.spectral import ALGORITHM_VERSION, Decomposition, MatrixResult
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "spectui"
 
 
 def tensor_digest(*parts: torch.Tensor | str) -> str:
@@ -68,7 +62,7 @@ class Cache:
         try:
             with safe_open(str(file), framework="np") as fh:
                 meta = dict(fh.metadata() or {})
-                arrays = {name: fh.get_tensor(name) for name in fh.keys()}
+                arrays = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not iterable)
             if meta.pop("digest", None) != _data_digest(arrays):
                 raise ValueError("digest mismatch")
         except Exception:  # any damage at all: drop the entry and recompute
@@ -83,17 +77,7 @@ class Cache:
             return
         from safetensors.numpy import save
 
-        file = self._file(kind, key)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        data = save(arrays, metadata={**meta, "digest": _data_digest(arrays)})
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, file)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic.write_bytes(self._file(kind, key), save(arrays, metadata={**meta, "digest": _data_digest(arrays)}))
 
     def get_decomposition(self, key: str) -> Decomposition | None:
         entry = self._read("base", key)

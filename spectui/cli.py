@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from spectui.spectral import DEFAULT_EPSILON, DEFAULT_K
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
 
-COMMANDS = ("scan",)
+COMMANDS = ("scan", "train", "runs")
 
 
 class UsageError(Exception):
@@ -30,13 +31,20 @@ def _epsilon(value: str) -> float:
     return eps
 
 
+def _device(value: str) -> str:
+    """Checked by name here (torch loads later); whether CUDA is present is checked when scanning."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a device (auto, cpu, cuda or cuda:N)")
+    return value
+
+
 def _scan_options() -> argparse.ArgumentParser:
     opts = argparse.ArgumentParser(add_help=False)
     opts.add_argument("paths", nargs="*", metavar="MODEL",
                       help="BASE TUNED [TUNED ...], or one ADAPTER_DIR; none: the bundled samples")
     opts.add_argument("--k", type=_k, default=DEFAULT_K, help="top-k tuned singular vectors tested (10)")
     opts.add_argument("--eps", type=_epsilon, default=DEFAULT_EPSILON, help="intruder threshold ε (0.5)")
-    opts.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    opts.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     opts.add_argument("--workers", type=int, default=None, help="parallel matrix jobs")
     opts.add_argument("--cache-dir", type=Path, default=None, help="default: $XDG_CACHE_HOME/spectui")
     opts.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -45,21 +53,53 @@ def _scan_options() -> argparse.ArgumentParser:
     return opts
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="spectui scan",
+def add_scan_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "scan", parents=[_scan_options()], help="headless scan: intruder dimensions as a table, JSON or CSV",
         description="Headless scan: intruder dimensions of tuned models against a base.",
-        parents=[_scan_options()],
     )
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="results as JSON on stdout")
     fmt.add_argument("--csv", action="store_true", help="results as CSV on stdout")
+    parser.set_defaults(handler=run_scan)
     return parser
 
 
+def build_command_parser() -> argparse.ArgumentParser:
+    """`spectui COMMAND ...`: each subcommand sets `handler(args) -> exit code`."""
+    from spectui.finetune.cli import add_runs_parser, add_train_parser
+
+    parser = argparse.ArgumentParser(prog="spectui")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_scan_parser(commands)
+    add_train_parser(commands)
+    add_runs_parser(commands)
+    return parser
+
+
+def build_tui_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spectui",
+        description="Inspect what fine-tuning did to a model's weights. Commands: "
+        + ", ".join(COMMANDS) + " (spectui COMMAND --help).",
+        parents=[_scan_options()],
+    )
+    parser.add_argument("--export-dir", type=Path, default=None, help="where the export key writes (cwd)")
+    return parser
+
+
+def run_tui(args) -> int:
+    comparison = open_from_args(args)  # bad paths fail here, before the app starts
+    from spectui.tui.app import SpectuiApp
+    from spectui.tui.inspector import Inspector
+
+    inspector = Inspector(comparison, cache_root(args), device=args.device, workers=args.workers)
+    SpectuiApp(inspector, k=args.k, epsilon=args.eps, export_dir=args.export_dir).run()
+    return 0
+
+
 def open_from_args(args):
-    """Resolve the positional paths (or the samples) into a Comparison and a Cache."""
-    from spectui.cache import Cache, default_cache_dir
+    """Resolve the positional paths (or the samples) into a Comparison; reads headers only."""
     from spectui.checkpoint.comparison import open_comparison
     from spectui.samples import sample_comparison
 
@@ -69,15 +109,20 @@ def open_from_args(args):
         base, tuned = None, args.paths
     else:
         base, tuned = args.paths[0], args.paths[1:]
-    comparison = open_comparison(base, tuned, include_embeddings=args.include_embeddings)
-    cache = Cache(None if args.no_cache else (args.cache_dir or default_cache_dir()))
-    return comparison, cache
+    return open_comparison(base, tuned, include_embeddings=args.include_embeddings)
+
+
+def cache_root(args) -> Path | None:
+    from spectui.defaults import default_cache_dir
+
+    return None if args.no_cache else (args.cache_dir or default_cache_dir())
 
 
 def run_scan(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from spectui.cache import Cache
     from spectui.engine import MatrixDone, MatrixFailed, Scan, resolve_device
     from spectui.report import scan_csv, scan_json, scan_tables
 
@@ -86,7 +131,8 @@ def run_scan(args) -> int:
         resolve_device(args.device)
     except ValueError as error:
         raise UsageError(str(error)) from error
-    comparison, cache = open_from_args(args)
+    comparison = open_from_args(args)
+    cache = Cache(cache_root(args))
     for warning in comparison.warnings:
         err.print(f"spectui: warning: {warning}", highlight=False, markup=False, soft_wrap=True)
     with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -122,12 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     from spectui.checkpoint.files import CheckpointError
 
     argv = sys.argv[1:] if argv is None else argv
-    command, rest = (argv[0], argv[1:]) if argv and argv[0] in COMMANDS else (None, argv)
     try:
-        if command == "scan":
-            return run_scan(build_parser().parse_args(rest))
-        print("spectui: the inspector TUI is not installed in this build; use `spectui scan`", file=sys.stderr)
-        return 2
+        if argv and argv[0] in COMMANDS:
+            args = build_command_parser().parse_args(argv)
+            return args.handler(args)
+        return run_tui(build_tui_parser().parse_args(argv))
     except (CheckpointError, UsageError) as err:
         print(f"spectui: error: {err}", file=sys.stderr)
         return 2

@@ -12,8 +12,8 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -105,7 +105,7 @@ class Scan:
         self._finished = False
 
     # -- control ------------------------------------------------------------------------------
-    def start(self) -> "Scan":
+    def start(self) -> Scan:
         self._started_at = time.monotonic()
         threads_each = max(1, (os.cpu_count() or 1) // self.workers) if self.device.type == "cpu" else 1
         self._live = self.workers
@@ -113,7 +113,7 @@ class Scan:
             threading.Thread(target=self._work, args=(threads_each,), daemon=True, name=f"spectui-scan-{i}").start()
         return self
 
-    def run(self) -> "Scan":
+    def run(self) -> Scan:
         """Start and wait: the headless path."""
         self.start()
         self.wait()

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.table import Table
 
 from spectui.checkpoint.comparison import Comparison
-from spectui.checkpoint.pairing import normalise
-from spectui.spectral import MatrixResult
+from spectui.checkpoint.pairing import short_name
+from spectui.defaults import EPSILON_SWEEP
 
-EPSILON_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+if TYPE_CHECKING:
+    from spectui.spectral import MatrixResult
 
 
 def matrix_record(name: str, result: MatrixResult, k: int, epsilon: float, layer, module) -> dict:
@@ -130,10 +132,6 @@ def scan_tables(comparison: Comparison, results: dict, errors: dict, k: int, eps
         cells = [_cell(m.get(name)) for m in by_model]
         detail.add_row(short_name(name) + mark, "×".join(map(str, first["shape"])), *cells)
     return [summary, detail]
-
-
-def short_name(name: str) -> str:
-    return normalise(name).removesuffix(".weight")
 
 
 def _cell(m: dict | None) -> str:

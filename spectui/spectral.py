@@ -19,10 +19,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE
+
 ALGORITHM_VERSION = 1
-SIMILARITY_SIZE = 32  # top-K × top-K block of |Uᵀ U0| kept for the heatmap (paper Fig. 3 uses 10)
-DEFAULT_K = 10
-DEFAULT_EPSILON = 0.5
 # Below this λ_min/λ_max a float32 eigen-solve loses the small singular vectors: use float64.
 _FLOAT32_CONDITION_LIMIT = 1e-5
 # Kolmogorov–Smirnov distance to the Marchenko–Pastur law under which a spectrum looks random.
@@ -167,7 +166,7 @@ class MatrixResult:
         return arrays, meta
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> "MatrixResult":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> MatrixResult:
         rows, cols = (int(x) for x in meta["shape"].split(","))
         return cls(shape=(rows, cols), delta_rel_norm=float(meta["delta_rel_norm"]),
                    base_mp_distance=float(meta["base_mp_distance"]),

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from models import lora_model, perturbed, save_adapter, tiny_llama  # noqa: E402
+from models import lora_model, perturbed, save_adapter, tiny_llama
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ import copy
 
 import pytest
 import torch
-
 from models import lora_model, save_adapter, tiny_gpt2, tiny_llama
+
 from spectui.checkpoint.comparison import open_comparison
 
 CASES = {

@@ -8,10 +8,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from naive import naive_intruders
 from safetensors.torch import load_file, save_file
 
-from naive import naive_intruders
 from spectui.cli import main
 
 REQUIRED = {"base", "tuned", "k", "epsilon", "total_intruders", "skipped", "matrices"}
@@ -29,13 +28,13 @@ def test_json_schema_and_counts_match_naive(tiny, cache_dir, capsys):
     code, out, _ = scan(capsys, tiny / "base", tiny / "lora", "--json", "--cache-dir", cache_dir)
     assert code == 0
     data = json.loads(out)
-    assert REQUIRED <= set(data)
+    assert set(data) >= REQUIRED
     assert data["k"] == 10 and data["epsilon"] == 0.5
     assert {s["reason"] for s in data["skipped"]} >= {"1-D tensor", "not changed by the adapter"}
     base, tuned = load_file(tiny / "base" / "model.safetensors"), _merged(tiny)
     total = 0
     for m in data["matrices"]:
-        assert MATRIX_KEYS <= set(m)
+        assert set(m) >= MATRIX_KEYS
         assert len(m["max_cos"]) == 10 and len(m["sigma_base"]) == min(m["shape"])
         expected = naive_intruders(base[m["name"]], tuned[m["name"]])
         assert m["intruder_ranks"] == expected, m["name"]
@@ -65,7 +64,7 @@ def test_several_tuned_models_give_one_record_each(tiny, cache_dir, capsys):
     data = json.loads(out)
     assert code == 0 and [m["label"] for m in data["models"]] == ["lora", "full"]
     assert len(data["models"][1]["matrices"]) == 14
-    assert all(REQUIRED <= set(m) for m in data["models"])
+    assert all(set(m) >= REQUIRED for m in data["models"])
 
 
 def test_csv_matches_json(tiny, cache_dir, capsys):
@@ -153,6 +152,9 @@ def test_bad_device_and_arguments(tiny, capsys):
     assert scan(capsys, tiny / "lora", "--device", "cuda:7")[0] == 2
     with pytest.raises(SystemExit) as exit_:
         main(["scan", "--eps", "2"])
+    assert exit_.value.code == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["scan", "--device", "tpu"])
     assert exit_.value.code == 2
 
 

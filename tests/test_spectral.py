@@ -1,10 +1,14 @@
 import numpy as np
 import pytest
 import torch
-
 from naive import naive_intruders, naive_max_cos
+
 from spectui.spectral import (
-    compare, decompose, effective_rank, low_rank_singular_values, marchenko_pastur_distance,
+    compare,
+    decompose,
+    effective_rank,
+    low_rank_singular_values,
+    marchenko_pastur_distance,
     singular_values,
 )
 

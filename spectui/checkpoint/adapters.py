@@ -11,8 +11,10 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
+    import torch
 
 from spectui.checkpoint.files import CheckpointError, TensorStore, read_json, weight_files
 
@@ -133,6 +135,8 @@ class LoraAdapter:
 
     def merge(self, module: LoraModule, w0: torch.Tensor) -> torch.Tensor:
         """The tuned weight in the base's stored orientation, as PEFT's merge computes it."""
+        import torch
+
         b, a = self.factors(module)
         transposed = module.embedding or module.fan_in_fan_out
         w = (w0.T if transposed else w0).float() + b @ a

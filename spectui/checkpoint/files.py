@@ -12,8 +12,10 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
+    import torch
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
@@ -146,6 +148,8 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     """`weights_only=True` refuses anything but tensors, so untrusted pickles cannot run code."""
     import pickle
     import zipfile
+
+    import torch
 
     def load(mmap: bool):
         return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)

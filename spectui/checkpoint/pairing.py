@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
+    import torch
 
 from spectui.checkpoint.adapters import LoraAdapter, LoraModule, is_adapter_dir
 from spectui.checkpoint.files import CheckpointError, TensorStore, open_store
@@ -32,6 +34,11 @@ def normalise(name: str) -> str:
             if name.startswith(prefix) and len(name) > len(prefix):
                 name, changed = name[len(prefix):], True
     return name
+
+
+def short_name(name: str) -> str:
+    """How a matrix is shown: without model-class prefixes and the `.weight` suffix."""
+    return normalise(name).removesuffix(".weight")
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ def pair(base: TensorStore, tuned: TensorStore | AdaptedModel, include_embedding
         role = _role(name, base.shape(name), vocab)
         transposed = conv1d and role == "linear"
         rows, cols = base.shape(name)
-        layer, module = _layer_and_module(name)
+        layer, module = layer_and_module(name)
         result.matrices.append(MatrixSpec(
             name=name, tuned_name=tuned_name, shape=(cols, rows) if transposed else (rows, cols),
             role=role, transposed=transposed, layer=layer, module=module,
@@ -191,7 +198,7 @@ def _role(name: str, shape: tuple[int, ...], vocab) -> str:
     return "linear"
 
 
-def _layer_and_module(name: str) -> tuple[int | None, str]:
+def layer_and_module(name: str) -> tuple[int | None, str]:
     match = _LAYER.search(name)
     if match:
         return int(match[1]), match[2]
@@ -204,6 +211,8 @@ def _fmt(shape) -> str:
 
 def load_matrix(source, key: str, spec: MatrixSpec) -> torch.Tensor:
     """One matrix in (out, in) orientation as float32; non-finite weights are bad input."""
+    import torch
+
     w = source.load(key).float()
     if spec.transposed:
         w = w.T

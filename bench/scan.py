@@ -1,0 +1,158 @@
+"""Scan speed and memory: spectui cold / warm against the paper's naive method, in one run.
+
+    python bench/scan.py [--quick]
+
+Each measurement runs in its own subprocess (so peak RSS is its own) on the same machine in the
+same run; results are reported as ratios to the naive reference measured here, and written to
+bench/results/scan-<time>.json. The naive reference is the paper's algorithm as its code does it:
+two full float64 SVDs per matrix, one matrix after another, nothing cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def naive_scan(base: str, tuned: str, k: int = 10, eps: float = 0.5) -> dict[str, list[int]]:
+    import torch
+
+    from spectui.checkpoint.comparison import open_comparison
+    from spectui.checkpoint.pairing import load_matrix
+
+    torch.set_num_threads(torch.get_num_threads())
+    comparison = open_comparison(base, [tuned])
+    flags = {}
+    model = comparison.tuned[0]
+    for spec in model.pairing.matrices:
+        w0 = load_matrix(comparison.base, spec.name, spec).double()
+        w = load_matrix(model.source, spec.tuned_name, spec).double()
+        u0, _, _ = torch.linalg.svd(w0, full_matrices=False)
+        u, _, _ = torch.linalg.svd(w, full_matrices=False)
+        max_cos = (u.T @ u0).abs().max(dim=1).values
+        flags[spec.name] = [int(j) for j in torch.nonzero(max_cos[:k] < eps).flatten()]
+    return flags
+
+
+def spectui_scan(base: str, tuned: str, cache: str | None) -> dict[str, list[int]]:
+    from spectui.cache import Cache
+    from spectui.checkpoint.comparison import open_comparison
+    from spectui.engine import Scan
+
+    comparison = open_comparison(base, [tuned])
+    scan = Scan(comparison, Cache(Path(cache) if cache else None), device="cpu").run()
+    return {name: r.intruder_ranks() for (_, name), r in scan.results.items()}
+
+
+def child(mode: str, base: str, tuned: str, cache: str | None) -> None:
+    """Runs in a subprocess: time one scan, report flags, seconds and peak RSS as JSON."""
+    start = time.perf_counter()
+    flags = naive_scan(base, tuned) if mode == "naive" else spectui_scan(base, tuned, cache)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "flags": flags}))
+
+
+def measure(mode: str, base: Path, tuned: Path, cache: Path | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, str(base), str(tuned), str(cache or "")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def generated_pair(root: Path, layers: int, hidden: int, seed: int = 0) -> tuple[Path, Path, Path]:
+    """A LLaMA-shaped base with trained-like (decaying) spectra, a LoRA r=8 adapter and a full
+    fine-tune of it — built here, never committed."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 8 / 3) // 16 * 16,
+                         num_hidden_layers=layers, num_attention_heads=8, num_key_value_heads=8,
+                         vocab_size=1024, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                u, _ = torch.linalg.qr(torch.randn(p.shape[0], p.shape[0]))
+                v, _ = torch.linalg.qr(torch.randn(p.shape[1], p.shape[1]))
+                r = min(p.shape)
+                s = torch.logspace(0, -2, r) * (1 + 0.1 * torch.rand(r))
+                p.copy_((u[:, :r] * s.sort(descending=True).values) @ v[:, :r].T)
+    base, full, lora = root / f"base-{layers}", root / f"full-{layers}", root / f"lora-{layers}"
+    model.save_pretrained(base)
+    with torch.no_grad():
+        tuned = LlamaForCausalLM(config)
+        tuned.load_state_dict(model.state_dict())
+        for p in tuned.parameters():
+            if p.ndim == 2:
+                p.add_(0.02 * p.std() * torch.randn_like(p))
+        tuned.save_pretrained(full)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.05 * torch.randn_like(p))
+    peft_model.save_pretrained(lora)
+    return base, lora, full
+
+
+def compare_case(label: str, base: Path, tuned: Path, workdir: Path) -> dict:
+    cache = workdir / f"cache-{label}"
+    shutil.rmtree(cache, ignore_errors=True)
+    naive = measure("naive", base, tuned)
+    cold = measure("spectui", base, tuned, cache)
+    shutil.rmtree(cache / "pair")  # keep the base decompositions only: a new tuned model
+    warm = measure("spectui", base, tuned, cache)
+    agree = naive["flags"] == cold["flags"] == warm["flags"]
+    row = {
+        "case": label, "matrices": len(naive["flags"]),
+        "intruders": sum(len(v) for v in naive["flags"].values()),
+        "naive_s": naive["seconds"], "cold_s": cold["seconds"], "warm_s": warm["seconds"],
+        "cold_speedup": naive["seconds"] / cold["seconds"], "warm_speedup": naive["seconds"] / warm["seconds"],
+        "flags_identical": agree, "peak_mb_naive": naive["peak_mb"], "peak_mb_cold": cold["peak_mb"],
+    }
+    print(f"{label:28} {row['matrices']:4d} matrices  naive {row['naive_s']:7.2f}s  "
+          f"cold {row['cold_s']:6.2f}s ({row['cold_speedup']:4.1f}×)  warm {row['warm_s']:6.2f}s "
+          f"({row['warm_speedup']:4.1f}×)  flags identical: {agree}  peak {row['peak_mb_cold']:.0f} MB",
+          flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="samples only, skip the generated models")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        mode, base, tuned, cache = args.child
+        child(mode, base, tuned, cache or None)
+        return
+    samples = ROOT / "sample_models"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for tuned in ("lora", "full"):
+            rows.append(compare_case(f"samples base→{tuned}", samples / "base", samples / tuned, work))
+        if not args.quick:
+            for layers in (4, 8):
+                base, lora, full = generated_pair(work, layers=layers, hidden=512)
+                rows.append(compare_case(f"generated {layers}L h512 →lora", base, lora, work))
+                rows.append(compare_case(f"generated {layers}L h512 →full", base, full, work))
+    out = ROOT / "bench" / "results" / f"scan-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

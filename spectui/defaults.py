@@ -1,0 +1,14 @@
+"""The paper's defaults, importable without torch (the TUI paints before heavy imports)."""
+
+DEFAULT_K = 10  # top-k tuned singular vectors tested, as in the paper's code and PEFT
+DEFAULT_EPSILON = 0.5  # intruder iff max|cos| < ε
+SIMILARITY_SIZE = 32  # top-K × top-K block of |Uᵀ U0| kept for the heatmap (paper Fig. 3 uses 10)
+EPSILON_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # paper Fig. 4
+
+
+def default_cache_dir():
+    """$XDG_CACHE_HOME/spectui (~/.cache/spectui)."""
+    import os
+    from pathlib import Path
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spectui"

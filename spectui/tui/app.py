@@ -1,0 +1,165 @@
+"""The spectui inspector app: paints at once, scans in the background, re-reads results on any key."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.reactive import reactive
+
+from spectui import atomic
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.tui.commands import SpectuiCommands
+from spectui.tui.inspector import Inspector
+from spectui.tui.messages import MatrixHighlighted, OpenMatrix, ResultsChanged, ThresholdsChanged
+from spectui.tui.screens.dialogs import HelpScreen, ThresholdsScreen
+from spectui.tui.screens.matrix import MatrixScreen
+from spectui.tui.screens.overview import OverviewScreen
+
+REFRESH_SECONDS = 0.2  # results are batched: a scan of thousands of matrices never floods the UI
+
+
+class SpectuiApp(App):
+    CSS_PATH = "app.tcss"
+    TITLE = "spectui"
+    COMMANDS = App.COMMANDS | {SpectuiCommands}
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("left_square_bracket", "epsilon(-0.05)", "ε−"),
+        Binding("right_square_bracket", "epsilon(0.05)", "ε+"),
+        Binding("minus", "k(-1)", "k−"),
+        Binding("plus,equals_sign", "k(1)", "k+"),
+        Binding("t", "thresholds", "k/ε…"),
+        Binding("m", "next_model", "Model"),
+        Binding("x", "export", "Export"),
+    ]
+
+    k: reactive[int] = reactive(DEFAULT_K)
+    epsilon: reactive[float] = reactive(DEFAULT_EPSILON)
+    model: reactive[int] = reactive(0)
+
+    def __init__(self, inspector: Inspector, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON,
+                 export_dir: Path | None = None) -> None:
+        super().__init__()
+        self.inspector = inspector
+        self.export_dir = export_dir or Path.cwd()
+        self._dirty = False
+        self.set_reactive(SpectuiApp.k, k)
+        self.set_reactive(SpectuiApp.epsilon, epsilon)
+        self.k_max = max(min(spec.shape) for m in inspector.comparison.tuned for spec in m.pairing.matrices) \
+            if inspector.comparison.matrix_names() else DEFAULT_K
+
+    def get_default_screen(self) -> OverviewScreen:
+        return OverviewScreen(self.inspector)
+
+    def on_mount(self) -> None:
+        self._update_subtitle()
+        for warning in self.inspector.comparison.warnings:
+            self.notify(warning, severity="warning", timeout=15)
+        self.set_interval(REFRESH_SECONDS, self._publish_results)
+        # torch's import holds the GIL for a second: start it only once the first frame is out
+        self.call_after_refresh(self.scan_in_background)
+
+    @work(thread=True, group="scan", exclusive=True)
+    def scan_in_background(self) -> None:
+        """Imports torch and the engine off the UI thread, then lets the engine's workers run."""
+        self.inspector.start(self._on_engine_event).wait()
+
+    def _on_engine_event(self, event) -> None:
+        """Called on engine threads: only flags and thread-safe calls here."""
+        from spectui.engine import MatrixFailed
+
+        self._dirty = True
+        if isinstance(event, MatrixFailed):
+            self.call_from_thread(self.notify, event.message, title="scan error", severity="error", timeout=10)
+
+    def _publish_results(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            self.screen.post_message(ResultsChanged())
+
+    def on_unmount(self) -> None:
+        self.inspector.stop()
+
+    # -- thresholds and model -----------------------------------------------------------------
+    def _thresholds_changed(self) -> None:
+        self._update_subtitle()
+        self.screen.post_message(ThresholdsChanged())
+
+    watch_k = watch_epsilon = watch_model = _thresholds_changed
+
+    def _update_subtitle(self) -> None:
+        ins = self.inspector
+        tuned = ins.comparison.tuned[self.model]
+        others = f" ({self.model + 1}/{len(ins.labels)}, m switches)" if len(ins.labels) > 1 else ""
+        self.sub_title = (f"{ins.comparison.base.label} → {tuned.label}{others} · "
+                          f"{tuned.description} · k={self.k} ε={self.epsilon:.2f}")
+
+    def action_epsilon(self, step: float) -> None:
+        self.epsilon = round(min(1.0, max(0.05, self.epsilon + step)), 2)
+
+    def action_k(self, step: int) -> None:
+        self.k = min(self.k_max, max(1, self.k + step))
+
+    def action_next_model(self) -> None:
+        self.model = (self.model + 1) % len(self.inspector.labels)
+
+    def action_thresholds(self) -> None:
+        def apply(values: tuple[int, float] | None) -> None:
+            if values is not None:
+                self.k, self.epsilon = values
+
+        self.push_screen(ThresholdsScreen(self.k, self.epsilon, self.k_max), apply)
+
+    def action_help(self) -> None:
+        keys = [(b.key_display or b.key, b.description) for b in self.BINDINGS]
+        keys += [(b.key, b.description) for b in getattr(self.screen, "BINDINGS", [])
+                 if isinstance(b, Binding) and b.key not in ("slash", "n", "p", "escape")]
+        self.push_screen(HelpScreen([(_key_label(k), d) for k, d in keys]))
+
+    # -- navigation ---------------------------------------------------------------------------
+    def open_matrix(self, name: str) -> None:
+        if isinstance(self.screen, MatrixScreen):
+            self.pop_screen()
+        self.push_screen(MatrixScreen(self.inspector, name))
+
+    def on_open_matrix(self, message: OpenMatrix) -> None:
+        self.open_matrix(message.name)
+
+    def on_matrix_highlighted(self, message: MatrixHighlighted) -> None:
+        self.inspector.prioritize(message.name)
+
+    # -- export -------------------------------------------------------------------------------
+    def action_export(self) -> None:
+        from spectui.report import scan_csv, scan_json
+
+        ins = self.inspector
+        errors = ins.scan.errors if ins.scan else {}
+        stem = self.export_dir / f"spectui-{ins.comparison.base.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+        try:
+            import json
+
+            data = scan_json(ins.comparison, ins.results, errors, self.k, self.epsilon)
+            written = [
+                atomic.write_text(stem.with_suffix(".json"), json.dumps(data) + "\n"),
+                atomic.write_text(stem.with_suffix(".csv"),
+                                  scan_csv(ins.comparison, ins.results, errors, self.k, self.epsilon)),
+                atomic.write_text(stem.with_suffix(".svg"), self.export_screenshot()),
+            ]
+        except OSError as err:
+            self.notify(f"{stem.parent}: cannot write the export ({err.strerror})", severity="error")
+            return
+        note = "" if ins.finished else " (scan still running: partial results)"
+        self.notify(f"wrote {', '.join(p.name for p in written)} in {stem.parent}{note}", title="exported")
+
+
+_KEY_NAMES = {"question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",
+              "minus": "-", "plus,equals_sign": "+"}
+
+
+def _key_label(key: str) -> str:
+    return _KEY_NAMES.get(key, key)

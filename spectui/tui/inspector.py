@@ -1,0 +1,162 @@
+"""The app's one handle on the engine: what is scanned, what has landed, and how it reads at (k, ε).
+
+Widgets never touch the engine; they ask the Inspector. The engine (and torch) is imported only
+when the scan starts, in a worker, so the window paints first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spectui.checkpoint.comparison import Comparison
+from spectui.checkpoint.pairing import MatrixSpec, layer_and_module, short_name
+
+if TYPE_CHECKING:
+    from spectui.engine import Scan, ScanEvent
+    from spectui.spectral import MatrixResult
+
+EPSILON_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the Fig. 4 curve, 0.05 … 0.95
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the matrix list: a scanned matrix, or a 2-D tensor left out with its reason."""
+
+    name: str
+    short: str
+    layer: int | None
+    module: str
+    spec: MatrixSpec | None
+    skip_reason: str | None
+
+    @classmethod
+    def of(cls, name: str, spec: MatrixSpec | None = None, skip_reason: str | None = None) -> Entry:
+        layer, module = layer_and_module(name)
+        return cls(name, short_name(name), layer, module, spec, skip_reason)
+
+
+_READING_ORDER = (
+    "q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "attention.output.dense",
+    "qkv_proj", "c_attn", "attn.c_proj", "out_proj", "gate_proj", "up_proj", "down_proj",
+    "w1", "w3", "w2", "fc1", "fc2", "intermediate.dense", "output.dense", "c_fc", "mlp.c_proj",
+)
+
+
+def _reading_order(module: str) -> int:
+    return next((i for i, tail in enumerate(_READING_ORDER) if module.endswith(tail)), len(_READING_ORDER))
+
+
+@dataclass(frozen=True)
+class RowView:
+    """One matrix as the list and grid show it at the current (k, ε)."""
+
+    status: str  # pending | done | error | skipped
+    count: int = 0
+    random_like: bool = False
+    delta_rel_norm: float | None = None
+
+
+class Inspector:
+    def __init__(self, comparison: Comparison, cache_root: Path | None, device: str = "auto",
+                 workers: int | None = None):
+        self.comparison = comparison
+        self.cache_root = cache_root
+        self.device = device
+        self.workers = workers
+        self.scan: Scan | None = None
+        self._wanted: list[str] = []
+
+    # -- what there is ------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return [m.label for m in self.comparison.tuned]
+
+    def entries(self, model: int) -> list[Entry]:
+        """Scanned matrices first in checkpoint order, then 2-D tensors skipped for a reason."""
+        tuned = self.comparison.tuned[model]
+        rows = [Entry.of(s.name, spec=s) for s in tuned.pairing.matrices]
+        rows += [Entry.of(s.name, skip_reason=s.reason) for s in tuned.pairing.skipped
+                 if not s.reason.endswith("-D tensor") and s.reason != "not in tuned"]
+        return rows
+
+    def module_order(self) -> list[str]:
+        """Module types as a reader expects them (q, k, v, o, gate, up, down); others as stored."""
+        modules = (layer_and_module(n) for n in self.comparison.base.names())
+        found = list(dict.fromkeys(module for layer, module in modules if layer is not None))
+        return sorted(found, key=_reading_order)
+
+    def one_d_skipped(self, model: int) -> int:
+        return sum(s.reason == "1-D tensor" for s in self.comparison.tuned[model].pairing.skipped)
+
+    # -- the scan -----------------------------------------------------------------------------
+    def start(self, on_event: Callable[[ScanEvent], None]) -> Scan:
+        from spectui.cache import Cache
+        from spectui.engine import Scan
+
+        self.scan = Scan(self.comparison, Cache(self.cache_root), device=self.device,
+                         workers=self.workers, on_event=on_event)
+        for name in self._wanted:
+            self.scan.prioritize(name)
+        return self.scan.start()
+
+    def prioritize(self, name: str) -> None:
+        if self.scan is None:
+            self._wanted.append(name)
+        else:
+            self.scan.prioritize(name)
+
+    def stop(self) -> None:
+        if self.scan is not None:
+            self.scan.cancel()
+
+    @property
+    def results(self) -> dict[tuple[int, str], MatrixResult]:
+        return self.scan.results if self.scan else {}
+
+    def result(self, model: int, name: str) -> MatrixResult | None:
+        return self.results.get((model, name))
+
+    def error(self, name: str) -> str | None:
+        failed = self.scan.errors.get(name) if self.scan else None
+        return failed.message if failed else None
+
+    def status(self, model: int, name: str) -> str:
+        """pending | done | error | skipped: how a row should look."""
+        if self.comparison.tuned[model].spec(name) is None:
+            return "skipped"
+        if self.error(name):
+            return "error"
+        return "done" if (model, name) in self.results else "pending"
+
+    # -- read at (k, ε) -----------------------------------------------------------------------
+    def row(self, model: int, name: str, k: int, epsilon: float) -> RowView:
+        status = self.status(model, name)
+        result = self.result(model, name)
+        if result is None:
+            return RowView(status)
+        return RowView(status, result.intruders(k, epsilon), result.base_random_like, result.delta_rel_norm)
+
+    def total(self, model: int, k: int, epsilon: float) -> int:
+        return sum(r.intruders(k, epsilon) for (i, _), r in list(self.results.items()) if i == model)
+
+    def epsilon_curve(self, model: int, k: int) -> list[int]:
+        results = [r for (i, _), r in list(self.results.items()) if i == model]
+        return [sum(r.intruders(k, eps) for r in results) for eps in EPSILON_GRID]
+
+    def with_intruders(self, model: int, k: int, epsilon: float) -> list[str]:
+        return [e.name for e in self.entries(model)
+                if (r := self.result(model, e.name)) is not None and r.intruders(k, epsilon)]
+
+    @property
+    def progress(self) -> tuple[int, int, float | None]:
+        """(done, total, eta seconds)."""
+        if self.scan is None:
+            return 0, len(self.comparison.matrix_names()), None
+        return self.scan.done, self.scan.total, self.scan.eta()
+
+    @property
+    def finished(self) -> bool:
+        return self.scan is not None and self.scan.finished

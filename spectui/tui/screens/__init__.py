@@ -1,0 +1,1 @@
+"""Screens: the overview, one matrix in detail, and the modal dialogs."""

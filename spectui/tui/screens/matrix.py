@@ -1,0 +1,103 @@
+"""One matrix in detail: spectra, the top tuned vectors, and the similarity heatmap."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from spectui.checkpoint.pairing import short_name
+from spectui.tui.messages import ResultsChanged, ThresholdsChanged
+from spectui.tui.screens.overview import next_with_intruders
+from spectui.tui.widgets.heatmap import Heatmap
+from spectui.tui.widgets.plots import SpectrumPlot
+from spectui.tui.widgets.vector_table import VectorTable
+
+HEATMAP_MIN = 10  # the paper's Fig. 3 shows the top 10 × 10
+
+
+class MatrixScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("n", "jump(1)", "Next intr."),
+        Binding("p", "jump(-1)", "Prev intr."),
+    ]
+
+    def __init__(self, inspector, name: str) -> None:
+        super().__init__()
+        self.inspector = inspector
+        self.matrix = name
+        self._shown = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="matrix-info")
+        with Horizontal(id="matrix-plots"):
+            yield SpectrumPlot(id="spectrum")
+            yield Heatmap(id="heatmap")
+        yield VectorTable(id="vectors")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.inspector.prioritize(self.matrix)
+        self.update_view()
+        self.query_one(VectorTable).focus()
+
+    def on_screen_resume(self) -> None:
+        self.update_view()
+
+    def on_results_changed(self, _: ResultsChanged) -> None:
+        self.update_view()
+
+    def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
+        self._shown = None
+        self.update_view()
+
+    def update_view(self) -> None:
+        app, ins = self.app, self.inspector
+        model, k, eps = app.model, app.k, app.epsilon
+        result = ins.result(model, self.matrix)
+        state = (self.matrix, model, k, eps, result is not None)
+        if state == self._shown:
+            return
+        self._shown = state
+        info = self.query_one("#matrix-info", Static)
+        title = f"[b]{short_name(self.matrix)}[/]"
+        if result is None:
+            spec = ins.comparison.tuned[model].spec(self.matrix)
+            if spec is None:
+                reason = next((s.reason for s in ins.comparison.tuned[model].pairing.skipped
+                               if s.name == self.matrix), "not scanned")
+                info.update(f"{title} — not scanned for {ins.labels[model]}: {reason}")
+            elif error := ins.error(self.matrix):
+                info.update(f"{title} — [red]failed:[/] {error}")
+            else:
+                info.update(f"{title} {spec.shape[0]}×{spec.shape[1]} — computing (moved to the front of the queue)…")
+            return
+        ranks = result.intruder_ranks(k, eps)
+        warning = ("\n[yellow]~ the base matrix looks random (Marchenko–Pastur): "
+                   "its intruders mean little[/]") if result.base_random_like else ""
+        info.update(
+            f"{title} {result.shape[0]}×{result.shape[1]} · [b]{len(ranks)}[/] intruders"
+            f"{' at ranks ' + ', '.join(map(str, ranks)) if ranks else ''} (k={k}, ε={eps:.2f}) · "
+            f"‖ΔW‖/‖W0‖ {result.delta_rel_norm:.3g} · eff. rank ΔW {result.delta_effective_rank:.1f} · "
+            f"stable rank {result.stable_rank_base:.1f} → {result.stable_rank_tuned:.1f}{warning}"
+        )
+        self.query_one(SpectrumPlot).show(result.sigma_base, result.sigma_tuned, ranks,
+                                          f"singular values · {ins.labels[model]}")
+        size = min(max(k, HEATMAP_MIN), result.similarity.shape[0])
+        self.query_one(Heatmap).show(result.similarity, size, ranks)
+        self.query_one(VectorTable).show(result, k, eps)
+
+    def action_jump(self, step: int) -> None:
+        ins, app = self.inspector, self.app
+        order = [e.name for e in ins.entries(app.model) if e.spec is not None]
+        target = next_with_intruders(order, self.matrix, set(ins.with_intruders(app.model, app.k, app.epsilon)), step)
+        if target is None or target == self.matrix:
+            self.notify("no other matrix has intruders at these thresholds", severity="warning")
+            return
+        self.matrix = target
+        ins.prioritize(target)
+        self.update_view()

@@ -1,0 +1,95 @@
+"""The model at a glance: the matrix list, the layer × module grid, totals and the ε curve."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from spectui.tui.inspector import EPSILON_GRID
+from spectui.tui.messages import ResultsChanged, ThresholdsChanged
+from spectui.tui.widgets.matrix_list import MatrixList
+from spectui.tui.widgets.overview_grid import OverviewGrid
+from spectui.tui.widgets.plots import EpsilonCurve
+from spectui.tui.widgets.scan_status import ScanStatus
+
+
+class OverviewScreen(Screen):
+    BINDINGS = [
+        Binding("slash", "filter", "Filter"),
+        Binding("n", "jump(1)", "Next intr."),
+        Binding("p", "jump(-1)", "Prev intr."),
+    ]
+
+    def __init__(self, inspector) -> None:
+        super().__init__()
+        self.inspector = inspector
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ScanStatus()
+        with Horizontal(id="overview-body"):
+            yield MatrixList(self.inspector, id="matrix-list")
+            with Vertical(id="overview-right"):
+                yield Static("", id="totals")
+                yield OverviewGrid(self.inspector, id="grid")
+                yield EpsilonCurve(id="eps-curve")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.update_view()
+        self.query_one("#matrices").focus()
+
+    def on_screen_resume(self) -> None:
+        self.update_view()
+
+    def on_results_changed(self, _: ResultsChanged) -> None:
+        self.update_view()
+
+    def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
+        self.update_view()
+
+    def update_view(self) -> None:
+        app, ins = self.app, self.inspector
+        model, k, eps = app.model, app.k, app.epsilon
+        self.query_one(ScanStatus).show(*ins.progress, ins.finished, len(ins.scan.errors) if ins.scan else 0)
+        self.query_one(MatrixList).show(model, k, eps)
+        self.query_one(OverviewGrid).show(model, k, eps)
+        scanned = len(ins.comparison.tuned[model].pairing.matrices)
+        with_any = len(ins.with_intruders(model, k, eps))
+        self.query_one("#totals", Static).update(
+            f"[b]{ins.labels[model]}[/] ({ins.comparison.tuned[model].description}): "
+            f"[b]{ins.total(model, k, eps)}[/] intruders in {with_any}/{scanned} matrices · k={k} ε={eps:.2f}"
+        )
+        curves = [(label, ins.epsilon_curve(i, k)) for i, label in enumerate(ins.labels)]
+        self.query_one(EpsilonCurve).show(list(EPSILON_GRID), curves, k, eps)
+
+    def action_filter(self) -> None:
+        self.query_one(MatrixList).focus_filter()
+
+    def action_jump(self, step: int) -> None:
+        """Move the list cursor to the next (or previous) matrix with intruders, wrapping."""
+        listing = self.query_one(MatrixList)
+        target = next_with_intruders(listing.names(), listing.highlighted,
+                                     set(self.inspector.with_intruders(self.app.model, self.app.k, self.app.epsilon)), step)
+        if target is None:
+            self.notify("no matrix has intruders at these thresholds", severity="warning")
+        else:
+            listing.select(target)
+            listing.table.focus()
+
+
+def next_with_intruders(order: list[str], current: str | None, flagged: set[str], step: int) -> str | None:
+    candidates = [n for n in order if n in flagged]
+    if not candidates:
+        return None
+    if current not in order:
+        return candidates[0 if step > 0 else -1]
+    start = order.index(current)
+    for offset in range(1, len(order) + 1):
+        name = order[(start + step * offset) % len(order)]
+        if name in flagged:
+            return name
+    return None

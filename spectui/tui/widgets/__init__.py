@@ -1,0 +1,1 @@
+"""Widgets: each renders one view of the Inspector's results."""
