@@ -10,7 +10,7 @@ from pathlib import Path
 
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
 
-COMMANDS = ("scan", "train", "runs")
+COMMANDS = ("scan", "train", "runs", "mitigate", "probe")
 
 
 class UsageError(Exception):
@@ -38,7 +38,7 @@ def _device(value: str) -> str:
     return value
 
 
-def _scan_options() -> argparse.ArgumentParser:
+def scan_options() -> argparse.ArgumentParser:
     opts = argparse.ArgumentParser(add_help=False)
     opts.add_argument("paths", nargs="*", metavar="MODEL",
                       help="BASE TUNED [TUNED ...], or one ADAPTER_DIR; none: the bundled samples")
@@ -55,7 +55,7 @@ def _scan_options() -> argparse.ArgumentParser:
 
 def add_scan_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "scan", parents=[_scan_options()], help="headless scan: intruder dimensions as a table, JSON or CSV",
+        "scan", parents=[scan_options()], help="headless scan: intruder dimensions as a table, JSON or CSV",
         description="Headless scan: intruder dimensions of tuned models against a base.",
     )
     fmt = parser.add_mutually_exclusive_group()
@@ -68,12 +68,12 @@ def add_scan_parser(subparsers) -> argparse.ArgumentParser:
 def build_command_parser() -> argparse.ArgumentParser:
     """`spectui COMMAND ...`: each subcommand sets `handler(args) -> exit code`."""
     from spectui.finetune.cli import add_runs_parser, add_train_parser
+    from spectui.mitigate_cli import add_mitigate_parser, add_probe_parser
 
     parser = argparse.ArgumentParser(prog="spectui")
     commands = parser.add_subparsers(dest="command", required=True)
-    add_scan_parser(commands)
-    add_train_parser(commands)
-    add_runs_parser(commands)
+    for add in (add_scan_parser, add_train_parser, add_runs_parser, add_mitigate_parser, add_probe_parser):
+        add(commands)
     return parser
 
 
@@ -82,7 +82,7 @@ def build_tui_parser() -> argparse.ArgumentParser:
         prog="spectui",
         description="Inspect what fine-tuning did to a model's weights. Commands: "
         + ", ".join(COMMANDS) + " (spectui COMMAND --help).",
-        parents=[_scan_options()],
+        parents=[scan_options()],
     )
     parser.add_argument("--export-dir", type=Path, default=None, help="where the export key writes (cwd)")
     return parser

@@ -81,13 +81,16 @@ class Scan:
         device: str = "auto",
         workers: int | None = None,
         on_event: Callable[[ScanEvent], None] | None = None,
+        models: list[int] | None = None,
     ):
+        """`models`: indices of the tuned models to scan (all by default), e.g. one just added."""
         self.comparison = comparison
+        self.models = list(range(len(comparison.tuned))) if models is None else models
         self.cache = cache
         self.device = resolve_device(device)
         self.workers = workers or default_workers(self.device)
         self.on_event = on_event or (lambda event: None)
-        self.names = comparison.matrix_names()
+        self.names = comparison.matrix_names(self.models)
         self.results: dict[tuple[int, str], MatrixResult] = {}
         self.errors: dict[str, MatrixFailed] = {}
         self._cost = {name: _cost(comparison.spec(name).shape) for name in self.names}
@@ -199,7 +202,8 @@ class Scan:
         w0 = load_matrix(comparison.base, name, comparison.spec(name))
         base_key = tensor_digest(w0)
         base = None
-        for index, model in enumerate(comparison.tuned):
+        for index in self.models:
+            model = comparison.tuned[index]
             spec = model.spec(name)
             if spec is None or self._cancelled:
                 continue

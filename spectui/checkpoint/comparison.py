@@ -41,10 +41,20 @@ class Comparison:
     tuned: list[TunedModel]
     warnings: list[str]
 
-    def matrix_names(self) -> list[str]:
-        """Every base matrix that at least one tuned model changes, in checkpoint order."""
-        wanted = {spec.name for model in self.tuned for spec in model.pairing.matrices}
+    def matrix_names(self, models: list[int] | None = None) -> list[str]:
+        """Every base matrix that at least one (of the given) tuned models changes, in checkpoint order."""
+        chosen = self.tuned if models is None else [self.tuned[i] for i in models]
+        wanted = {spec.name for model in chosen for spec in model.pairing.matrices}
         return [name for name in self.base.names() if name in wanted]
+
+    def add(self, path: Path, include_embeddings: bool = False) -> int:
+        """Open one more tuned model against the same base; returns its index."""
+        source = open_model(locate(str(path)), self.base)
+        if isinstance(source, AdaptedModel):
+            self.warnings += source.adapter.warnings()
+        labels = _labels([m.path for m in self.tuned] + [source.path])
+        self.tuned.append(TunedModel(source, pair(self.base, source, include_embeddings), labels[-1]))
+        return len(self.tuned) - 1
 
     def spec(self, name: str) -> MatrixSpec:
         return next(m.spec(name) for m in self.tuned if m.spec(name) is not None)

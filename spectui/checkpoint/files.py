@@ -164,7 +164,7 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         raise CheckpointError(file, "holds objects other than tensors; refusing to unpickle it") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(file, f"is not a readable PyTorch checkpoint ({_first_line(err)})") from err
+        raise CheckpointError(file, f"is not a readable PyTorch checkpoint ({first_line(err)})") from err
     except OSError as err:
         raise CheckpointError(file, f"cannot be read ({err.strerror or err})") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -174,7 +174,7 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def _first_line(err: Exception) -> str:
+def first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 

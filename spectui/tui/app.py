@@ -69,6 +69,15 @@ class SpectuiApp(App):
         """Imports torch and the engine off the UI thread, then lets the engine's workers run."""
         self.inspector.start(self._on_engine_event).wait()
 
+    def add_tuned_model(self, path: Path) -> None:
+        """Add a tuned model (e.g. a finished run) to the comparison and show it."""
+        from spectui.checkpoint.files import CheckpointError
+
+        try:
+            self.model = self.inspector.add_model(path)
+        except CheckpointError as err:
+            self.notify(str(err), severity="error", timeout=10)
+
     def _on_engine_event(self, event) -> None:
         """Called on engine threads: only flags and thread-safe calls here."""
         from spectui.engine import MatrixFailed
@@ -138,7 +147,7 @@ class SpectuiApp(App):
         from spectui.report import scan_csv, scan_json
 
         ins = self.inspector
-        errors = ins.scan.errors if ins.scan else {}
+        errors = ins.errors
         stem = self.export_dir / f"spectui-{ins.comparison.base.label}-{time.strftime('%Y%m%d-%H%M%S')}"
         try:
             import json

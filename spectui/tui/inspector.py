@@ -66,7 +66,8 @@ class Inspector:
         self.cache_root = cache_root
         self.device = device
         self.workers = workers
-        self.scan: Scan | None = None
+        self.scans: list[Scan] = []
+        self._on_event: Callable[[ScanEvent], None] | None = None
         self._wanted: list[str] = []
 
     # -- what there is ------------------------------------------------------------------------
@@ -91,37 +92,60 @@ class Inspector:
     def one_d_skipped(self, model: int) -> int:
         return sum(s.reason == "1-D tensor" for s in self.comparison.tuned[model].pairing.skipped)
 
-    # -- the scan -----------------------------------------------------------------------------
-    def start(self, on_event: Callable[[ScanEvent], None]) -> Scan:
+    # -- the scans ----------------------------------------------------------------------------
+    def start(self, on_event: Callable[[ScanEvent], None], models: list[int] | None = None) -> Scan:
+        """Scan the given tuned models (all at first); later calls add models to the comparison."""
         from spectui.cache import Cache
         from spectui.engine import Scan
 
-        self.scan = Scan(self.comparison, Cache(self.cache_root), device=self.device,
-                         workers=self.workers, on_event=on_event)
+        self._on_event = on_event
+        scan = Scan(self.comparison, Cache(self.cache_root), device=self.device,
+                    workers=self.workers, on_event=on_event, models=models)
         for name in self._wanted:
-            self.scan.prioritize(name)
-        return self.scan.start()
+            scan.prioritize(name)
+        self.scans.append(scan)
+        return scan.start()
+
+    def add_model(self, path: Path) -> int:
+        """One more tuned model (a finished run's output): the base's decompositions are cached."""
+        index = self.comparison.add(path)
+        if self._on_event is not None:
+            self.start(self._on_event, models=[index])
+        return index
 
     def prioritize(self, name: str) -> None:
-        if self.scan is None:
-            self._wanted.append(name)
-        else:
-            self.scan.prioritize(name)
+        self._wanted = [name]
+        for scan in self.scans:
+            scan.prioritize(name)
 
     def stop(self) -> None:
-        if self.scan is not None:
-            self.scan.cancel()
+        for scan in self.scans:
+            scan.cancel()
+
+    @property
+    def scan(self) -> Scan | None:
+        return self.scans[-1] if self.scans else None
 
     @property
     def results(self) -> dict[tuple[int, str], MatrixResult]:
-        return self.scan.results if self.scan else {}
+        merged = {}
+        for scan in self.scans:
+            merged.update(scan.results)
+        return merged
 
     def result(self, model: int, name: str) -> MatrixResult | None:
-        return self.results.get((model, name))
+        return next((s.results[(model, name)] for s in self.scans if (model, name) in s.results), None)
 
     def error(self, name: str) -> str | None:
-        failed = self.scan.errors.get(name) if self.scan else None
+        failed = next((s.errors[name] for s in self.scans if name in s.errors), None)
         return failed.message if failed else None
+
+    @property
+    def errors(self) -> dict:
+        merged = {}
+        for scan in self.scans:
+            merged.update(scan.errors)
+        return merged
 
     def status(self, model: int, name: str) -> str:
         """pending | done | error | skipped: how a row should look."""
@@ -129,7 +153,7 @@ class Inspector:
             return "skipped"
         if self.error(name):
             return "error"
-        return "done" if (model, name) in self.results else "pending"
+        return "done" if self.result(model, name) is not None else "pending"
 
     # -- read at (k, ε) -----------------------------------------------------------------------
     def row(self, model: int, name: str, k: int, epsilon: float) -> RowView:
@@ -152,11 +176,13 @@ class Inspector:
 
     @property
     def progress(self) -> tuple[int, int, float | None]:
-        """(done, total, eta seconds)."""
-        if self.scan is None:
+        """(done, total, eta seconds) over every scan started."""
+        if not self.scans:
             return 0, len(self.comparison.matrix_names()), None
-        return self.scan.done, self.scan.total, self.scan.eta()
+        etas = [s.eta() for s in self.scans if not s.finished]
+        eta = max((e for e in etas if e is not None), default=None) if etas else 0.0
+        return sum(s.done for s in self.scans), sum(s.total for s in self.scans), eta
 
     @property
     def finished(self) -> bool:
-        return self.scan is not None and self.scan.finished
+        return bool(self.scans) and all(s.finished for s in self.scans)

@@ -54,7 +54,7 @@ class OverviewScreen(Screen):
     def update_view(self) -> None:
         app, ins = self.app, self.inspector
         model, k, eps = app.model, app.k, app.epsilon
-        self.query_one(ScanStatus).show(*ins.progress, ins.finished, len(ins.scan.errors) if ins.scan else 0)
+        self.query_one(ScanStatus).show(*ins.progress, ins.finished, len(ins.errors))
         self.query_one(MatrixList).show(model, k, eps)
         self.query_one(OverviewGrid).show(model, k, eps)
         scanned = len(ins.comparison.tuned[model].pairing.matrices)
