@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from spectui.checkpoint.comparison import Comparison
-from spectui.checkpoint.files import CheckpointError, TensorStore, first_line
+from spectui.checkpoint.files import CheckpointError, TensorStore
 from spectui.checkpoint.pairing import AdaptedModel, normalise
 from spectui.defaults import DEFAULT_LAMBDAS, DEFAULT_MAX_TOKENS
+from spectui.errors import one_line
 from spectui.finetune.data import Example, load_examples
 from spectui.mitigate import Plan, components
 
@@ -164,11 +165,18 @@ def sweep(probe: Probe, comparison: Comparison, plans: Sequence[Plan],
     """Base, then each tuned model as tuned and mitigated at every λ (the paper's Fig. 8), one row
     at a time; each matrix is decomposed once per model, whatever the number of λ."""
     yield ProbeRow("base", None, *probe.score())
-    for model, plan in zip(comparison.tuned, plans):
-        yield ProbeRow(model.label, None, *probe.score(model.source))
-        parts = [(name, part.float()) for name, part in components(comparison, plan)]
-        for lam in lambdas:
-            yield ProbeRow(model.label, lam, *probe.score(model.source, parts, lam))
+    for plan in plans:
+        yield from model_sweep(probe, comparison, plan, lambdas)
+
+
+def model_sweep(probe: Probe, comparison: Comparison, plan: Plan,
+                lambdas: Sequence[float] = DEFAULT_LAMBDAS) -> Iterator[ProbeRow]:
+    """One tuned model as tuned, then mitigated at every λ (the TUI's sweep of the model shown)."""
+    model = comparison.tuned[plan.model_index]
+    yield ProbeRow(model.label, None, *probe.score(model.source))
+    parts = [(name, part.float()) for name, part in components(comparison, plan)]
+    for lam in lambdas:
+        yield ProbeRow(model.label, lam, *probe.score(model.source, parts, lam))
 
 
 @contextmanager
@@ -287,7 +295,7 @@ def _tokenizer(base: Path):
     try:
         return AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as err:
-        problem = f"has no usable tokenizer, which the probe needs ({first_line(err)})"
+        problem = f"has no usable tokenizer, which the probe needs ({one_line(err)})"
         raise CheckpointError(base, problem) from err
 
 
@@ -297,7 +305,7 @@ def _config(base: Path):
     try:
         return AutoConfig.from_pretrained(base, trust_remote_code=False)
     except (OSError, ValueError) as err:
-        raise CheckpointError(base, f"has no usable config.json ({first_line(err)})") from err
+        raise CheckpointError(base, f"has no usable config.json ({one_line(err)})") from err
 
 
 def _lm_class(base: Path, config):
@@ -322,7 +330,7 @@ def _load(model_class, base: Path, device: torch.device, **config) -> tuple[torc
             model, info = model_class.from_pretrained(base, dtype=torch.float32, trust_remote_code=False,
                                                       output_loading_info=True, **config)
     except (OSError, ValueError, KeyError) as err:
-        raise CheckpointError(base, f"cannot be loaded with transformers ({first_line(err)})") from err
+        raise CheckpointError(base, f"cannot be loaded with transformers ({one_line(err)})") from err
     return model.to(device).eval(), {normalise(name) for name in info["missing_keys"]}
 
 

@@ -43,10 +43,8 @@ def decompose(w: torch.Tensor) -> Decomposition:
     gram = w64 @ w64.T if m <= n else w64.T @ w64
     lam, vecs = _eigh_descending(gram)
     sigma = lam.clamp_min(0).sqrt()
-    if m <= n:
-        u = vecs
-    else:  # vecs are right singular vectors: u_i = W v_i / σ_i, re-orthonormalised for tiny σ_i
-        u = _orthonormal_columns(w64 @ vecs.to(torch.float64))
+    # for m > n, vecs are right singular vectors: u_i = W v_i / σ_i, re-orthonormalised for tiny σ_i
+    u = vecs if m <= n else _orthonormal_columns(w64 @ vecs.to(torch.float64))
     return Decomposition(sigma=sigma.cpu(), u=u.to(torch.float32))
 
 

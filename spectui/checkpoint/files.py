@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spectui.errors import one_line
+
 if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
     import torch
 
@@ -164,7 +166,7 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         raise CheckpointError(file, "holds objects other than tensors; refusing to unpickle it") from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(file, f"is not a readable PyTorch checkpoint ({first_line(err)})") from err
+        raise CheckpointError(file, f"is not a readable PyTorch checkpoint ({one_line(err)})") from err
     except OSError as err:
         raise CheckpointError(file, f"cannot be read ({err.strerror or err})") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -172,10 +174,6 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(file, "does not hold a state dict of tensors")
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
-def first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def read_json(file: Path) -> dict:

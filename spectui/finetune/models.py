@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
+from spectui.errors import one_line
 from spectui.finetune.spec import RunSpec
 
 TRAINABLE_FILE = "trainable.safetensors"  # in a checkpoint: the trainable parameters as trained
@@ -38,7 +39,7 @@ def load_tokenizer(spec: RunSpec) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.base, trust_remote_code=False)
     except (OSError, ValueError) as error:
-        raise ModelError(f"cannot load the tokenizer of {spec.base}: {_brief(error)}") from None
+        raise ModelError(f"cannot load the tokenizer of {spec.base}: {one_line(error)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelError(f"the tokenizer of {spec.base} has neither a pad nor an "
@@ -61,7 +62,7 @@ def build_model(spec: RunSpec, tokenizer: PreTrainedTokenizerBase, num_labels: i
     try:
         model = get_peft_model(base, lora_config(spec, base))
     except ValueError as error:
-        raise ModelError(f"cannot apply {spec.method} to {spec.base}: {_brief(error)}") from None
+        raise ModelError(f"cannot apply {spec.method} to {spec.base}: {one_line(error)}") from None
     if spec.method == "lora-frozen-a":
         for name, parameter in model.named_parameters():
             if ".lora_A." in name:
@@ -148,10 +149,6 @@ def _load_base(spec: RunSpec, tokenizer: PreTrainedTokenizerBase, num_labels: in
             source or spec.base, dtype=dtype, trust_remote_code=False,
             num_labels=num_labels, pad_token_id=tokenizer.pad_token_id)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"cannot load base model {source or spec.base}: {_brief(error)}") from None
+        raise ModelError(f"cannot load base model {source or spec.base}: {one_line(error)}") from None
 
 
-def _brief(error: Exception) -> str:
-    """A library's (often multi-line) error message on one line."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase, get_scheduler
 from transformers.utils import logging as transformers_logging
 
+from spectui.errors import one_line
 from spectui.finetune.batches import IGNORE_INDEX, BatchStream, Features, collate, tokenize
 from spectui.finetune.checkpoints import atomic_dir, restore, resume_point, save_checkpoint
 from spectui.finetune.data import DataError, Example, load_splits
@@ -86,8 +87,7 @@ def execute(run: Run) -> State:
         state, message = State.FAILED, OUT_OF_MEMORY
     except Exception as error:
         traceback.print_exc()
-        first_line = next(iter(str(error).splitlines()), "")
-        state, message = State.FAILED, (f"unexpected {type(error).__name__}: {first_line} "
+        state, message = State.FAILED, (f"unexpected {type(error).__name__}: {one_line(error)} "
                                         f"(traceback in {run.log_path})")
     if leader:
         run.set_status(state, message)

@@ -9,15 +9,19 @@ from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
+from textual.worker import get_current_worker
 
 from spectui import atomic
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.finetune.runs import LIVE, Run, list_runs
 from spectui.tui.commands import SpectuiCommands
 from spectui.tui.inspector import Inspector
 from spectui.tui.messages import MatrixHighlighted, OpenMatrix, ResultsChanged, ThresholdsChanged
 from spectui.tui.screens.dialogs import HelpScreen, ThresholdsScreen
 from spectui.tui.screens.matrix import MatrixScreen
 from spectui.tui.screens.overview import OverviewScreen
+from spectui.tui.screens.runs import RunsScreen, inspected_base
+from spectui.tui.screens.train import TrainScreen, default_spec
 
 REFRESH_SECONDS = 0.2  # results are batched: a scan of thousands of matrices never floods the UI
 
@@ -36,6 +40,9 @@ class SpectuiApp(App):
         Binding("t", "thresholds", "k/ε…"),
         Binding("m", "next_model", "Model"),
         Binding("x", "export", "Export"),
+        Binding("s", "mitigate", "Scale intr."),
+        Binding("r", "train", "Train"),
+        Binding("R", "runs", "Runs"),
     ]
 
     k: reactive[int] = reactive(DEFAULT_K)
@@ -48,6 +55,7 @@ class SpectuiApp(App):
         self.inspector = inspector
         self.export_dir = export_dir or Path.cwd()
         self._dirty = False
+        self._followed: dict[Path, Run] = {}  # runs whose checkpoints are scanned as they land
         self.set_reactive(SpectuiApp.k, k)
         self.set_reactive(SpectuiApp.epsilon, epsilon)
         self.k_max = max(min(spec.shape) for m in inspector.comparison.tuned for spec in m.pairing.matrices) \
@@ -63,6 +71,7 @@ class SpectuiApp(App):
         self.set_interval(REFRESH_SECONDS, self._publish_results)
         # torch's import holds the GIL for a second: start it only once the first frame is out
         self.call_after_refresh(self.scan_in_background)
+        self.call_after_refresh(self.reattach_runs)
 
     @work(thread=True, group="scan", exclusive=True)
     def scan_in_background(self) -> None:
@@ -130,7 +139,62 @@ class SpectuiApp(App):
                  if isinstance(b, Binding) and b.key not in ("slash", "n", "p", "escape")]
         self.push_screen(HelpScreen([(_key_label(k), d) for k, d in keys]))
 
+    # -- fine-tuning runs ---------------------------------------------------------------------
+    def action_train(self) -> None:
+        if not isinstance(self.screen, TrainScreen):
+            self.push_screen(TrainScreen(default_spec(inspected_base(self))))
+
+    def action_runs(self) -> None:
+        if not isinstance(self.screen, RunsScreen):
+            self.push_screen(RunsScreen())
+
+    @work(thread=True, group="runs", exclusive=True)
+    def reattach_runs(self) -> None:
+        """Runs launched before this session (the TUI closed, or SSH dropped) that still train."""
+        live = [run for run in list_runs() if run.status().state in LIVE]
+        if live:
+            names = ", ".join(run.name for run in live)
+            self.call_from_thread(self.notify, f"re-attached to {names}; R lists the runs",
+                                  title=f"{len(live)} run(s) still training", timeout=10)
+            self.call_from_thread(self.follow_runs, live)
+
+    def follow_runs(self, runs: list[Run]) -> None:
+        """Scan these runs' checkpoints as they land, with those already followed."""
+        self._followed.update((run.path, run) for run in runs)
+        self.scan_runs(list(self._followed.values()))
+
+    @work(thread=True, group="run-scan", exclusive=True)
+    def scan_runs(self, runs: list[Run]) -> None:
+        """Writes each run's intruders.jsonl (the live views plot it) until the runs end; the
+        base's decompositions come from the inspector's cache."""
+        from spectui.cache import Cache
+        from spectui.run_intruders import follow_runs
+
+        follow_runs(runs, Cache(self.inspector.cache_root), get_current_worker().cancelled_event,
+                    on_error=lambda run, message: self.call_from_thread(self._unfollow, run, message),
+                    device=self.inspector.device, workers=self.inspector.workers)
+
+    def _unfollow(self, run: Run, message: str) -> None:
+        self._followed.pop(run.path, None)
+        self.notify(message, title=f"{run.name}: checkpoints not scanned", severity="error", timeout=10,
+                    markup=False)
+
     # -- navigation ---------------------------------------------------------------------------
+    def action_mitigate(self) -> None:
+        """The Mitigate view, previewing the matrix being looked at."""
+        from spectui.tui.screens.mitigate import MitigateScreen
+        from spectui.tui.widgets.matrix_list import MatrixList
+
+        screen = self.screen
+        if isinstance(screen, MitigateScreen):
+            return
+        if isinstance(screen, MatrixScreen):
+            matrix = screen.matrix
+        else:
+            lists = screen.query(MatrixList)
+            matrix = lists.first().highlighted if lists else None
+        self.push_screen(MitigateScreen(self.inspector, matrix))
+
     def open_matrix(self, name: str) -> None:
         if isinstance(self.screen, MatrixScreen):
             self.pop_screen()

@@ -14,7 +14,10 @@ class SpectuiCommands(Provider):
         app = self.app
         yield "Export scan (JSON, CSV, SVG screenshot)", app.action_export, "write files and say where"
         yield "Set k and ε", app.action_thresholds, "type the thresholds"
+        yield "Mitigate: scale intruders by λ", app.action_mitigate, "preview, λ sweep, export"
         yield "Help: keys", app.action_help, "list every key"
+        yield "Train: fine-tune the base (new run)", app.action_train, "LoRA variants or full, detached"
+        yield "Runs: list fine-tuning runs", app.action_runs, "status, progress, open results"
         if len(app.inspector.labels) > 1:
             yield "Next tuned model", app.action_next_model, "show the next tuned model"
         for name in app.inspector.comparison.matrix_names():

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.message import Message
+
+if TYPE_CHECKING:
+    from spectui.finetune.runs import RunStatus
+    from spectui.finetune.spec import RunSpec
 
 
 class ResultsChanged(Message):
@@ -34,3 +40,20 @@ class MatrixHighlighted(Message):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
+
+
+class SpecEdited(Message):
+    """The fine-tuning form changed: the spec as typed, and each invalid field with its reason."""
+
+    def __init__(self, spec: RunSpec, errors: dict[str, str]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.errors = errors
+
+
+class RunStateChanged(Message):
+    """A watched run changed state (e.g. running → done): its keys may change."""
+
+    def __init__(self, status: RunStatus) -> None:
+        super().__init__()
+        self.status = status

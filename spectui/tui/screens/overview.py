@@ -72,8 +72,8 @@ class OverviewScreen(Screen):
     def action_jump(self, step: int) -> None:
         """Move the list cursor to the next (or previous) matrix with intruders, wrapping."""
         listing = self.query_one(MatrixList)
-        target = next_with_intruders(listing.names(), listing.highlighted,
-                                     set(self.inspector.with_intruders(self.app.model, self.app.k, self.app.epsilon)), step)
+        flagged = set(self.inspector.with_intruders(self.app.model, self.app.k, self.app.epsilon))
+        target = next_with_intruders(listing.names(), listing.highlighted, flagged, step)
         if target is None:
             self.notify("no matrix has intruders at these thresholds", severity="warning")
         else:

@@ -20,12 +20,12 @@ class ScanStatus(Horizontal):
         elif eta is None:
             text = f"{done}/{total} matrices"
         else:
-            text = f"{done}/{total} matrices · ETA {_duration(eta)}"
+            text = f"{done}/{total} matrices · ETA {duration(eta)}"
         if failed:
             text += f" · [red]{failed} failed[/]"
         self.query_one("#scan-label", Label).update(text)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -1,0 +1,177 @@
+"""Intruder dimensions along a fine-tuning run (the paper's Fig. 5, live): every saved checkpoint,
+and the final output, scanned against the run's base, one line each in <run>/intruders.jsonl.
+
+A line holds the counts at the scan's (k, ε) and, per matrix, the top STORED_K max|cos| values
+(float32, exact, base64), so the curve re-reads at any k ≤ STORED_K and any ε without a new scan.
+The file is rewritten through a temporary file, so a reader never sees half a line. Base
+decompositions come from the shared cache: a run's checkpoints decompose the base only once.
+
+Only the scan imports torch (through the engine); reading the file is cheap, for the TUI's polls.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spectui import atomic
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.finetune.runs import LIVE, Run, State
+
+if TYPE_CHECKING:
+    from spectui.cache import Cache
+    from spectui.engine import Scan
+
+INTRUDERS_FILE = "intruders.jsonl"
+STORED_K = 64  # max|cos| kept per matrix: the paper's k = 10 and well beyond
+POLL_S = 2.0
+_WRITE_LOCK = threading.Lock()  # one process may scan a run from two workers at once
+
+
+@dataclass(frozen=True)
+class CheckpointIntruders:
+    """One line of intruders.jsonl: counts at the scan's (k, ε), and what re-counts at others."""
+
+    step: int
+    k: int
+    epsilon: float
+    total_intruders: int
+    per_matrix: dict[str, int]
+    max_cos: dict[str, str]  # per matrix, top STORED_K in singular-value order, packed (_pack)
+    errors: dict[str, str] = field(default_factory=dict)  # matrices not scanned, and why
+
+    def total(self, k: int, epsilon: float) -> int:
+        """Intruders summed over matrices at any k (up to STORED_K) and ε, compared in float32
+        as the engine compares, so counts agree with the inspector's exactly."""
+        threshold = _unpack(_pack((epsilon,)))[0]
+        return sum(sum(cos < threshold for cos in _unpack(packed)[:k])
+                   for packed in self.max_cos.values())
+
+
+def intruders_path(run: Run) -> Path:
+    return run.path / INTRUDERS_FILE
+
+
+def read_intruders(run: Run) -> list[CheckpointIntruders]:
+    """The scanned checkpoints, by step; a damaged line is skipped (its checkpoint is rescanned)."""
+    try:
+        lines = intruders_path(run).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    points = {}
+    for line in lines:
+        try:
+            point = CheckpointIntruders(**json.loads(line))
+        except (ValueError, TypeError):
+            continue
+        points.setdefault(point.step, point)
+    return [points[step] for step in sorted(points)]
+
+
+def scan_targets(run: Run) -> list[tuple[int, Path]]:
+    """(step, model directory) of each checkpoint, and of the final output once the run is done."""
+    targets = [(step, path / "model") for step, path in run.checkpoints()]
+    if run.status().state is State.DONE and run.output_dir.is_dir() and (rows := run.metrics()):
+        final_step = rows[-1]["step"]
+        if final_step not in {step for step, _ in targets}:
+            targets.append((final_step, run.output_dir))
+    return targets
+
+
+def pending(run: Run) -> list[tuple[int, Path]]:
+    """Scan targets not yet in intruders.jsonl."""
+    scanned = {point.step for point in read_intruders(run)}
+    return [(step, path) for step, path in scan_targets(run) if step not in scanned]
+
+
+def scan_new_checkpoints(run: Run, cache: Cache, stop: threading.Event | None = None,
+                         device: str = "auto", workers: int | None = None, k: int = DEFAULT_K,
+                         epsilon: float = DEFAULT_EPSILON) -> list[CheckpointIntruders]:
+    """Scan the run's unscanned checkpoints, oldest first, appending a line for each; returns
+    the new lines. Setting `stop` ends it early without writing a partial line.
+
+    Raises CheckpointError when the run's base or a checkpoint cannot be opened."""
+    stop = stop or threading.Event()
+    base = run.spec().base
+    added = []
+    for step, model_dir in pending(run):
+        scan = _scan(base, model_dir, cache, stop, device, workers)
+        if scan is None:
+            break
+        point = _point(step, scan, k, epsilon)
+        _append(run, point)
+        added.append(point)
+    return added
+
+
+def follow_runs(runs: list[Run], cache: Cache, stop: threading.Event,
+                on_error: Callable[[Run, str], None], device: str = "auto",
+                workers: int | None = None) -> None:
+    """Scan the runs' checkpoints as they land, until every run has ended and is fully scanned
+    (or `stop` is set). A run whose checkpoints cannot be opened is reported once and dropped."""
+    from spectui.checkpoint.files import CheckpointError
+
+    following = list(runs)
+    while following and not stop.is_set():
+        for run in list(following):
+            ended = run.status().state not in LIVE  # read first: a checkpoint may land meanwhile
+            try:
+                scan_new_checkpoints(run, cache, stop, device, workers)
+            except CheckpointError as error:
+                on_error(run, str(error))
+                ended = True
+            if ended:
+                following.remove(run)
+        if following:
+            stop.wait(POLL_S)
+
+
+def _scan(base: str, model_dir: Path, cache: Cache, stop: threading.Event, device: str,
+          workers: int | None) -> Scan | None:
+    """A finished engine scan of one checkpoint against the base, or None if stopped."""
+    from spectui.checkpoint.comparison import open_comparison
+    from spectui.engine import Scan
+
+    scan = Scan(open_comparison(base, [str(model_dir)]), cache, device=device,
+                workers=workers).start()
+    while not scan.wait(timeout=0.2):
+        if stop.is_set():
+            scan.cancel()
+    return None if stop.is_set() else scan
+
+
+def _point(step: int, scan: Scan, k: int, epsilon: float) -> CheckpointIntruders:
+    results = {name: scan.results[(0, name)] for name in scan.names if (0, name) in scan.results}
+    per_matrix = {name: result.intruders(k, epsilon) for name, result in results.items()}
+    return CheckpointIntruders(
+        step=step, k=k, epsilon=epsilon, total_intruders=sum(per_matrix.values()),
+        per_matrix=per_matrix,
+        max_cos={name: _pack(result.max_cos[:STORED_K]) for name, result in results.items()},
+        errors={name: failure.message for name, failure in scan.errors.items()},
+    )
+
+
+def _append(run: Run, point: CheckpointIntruders) -> None:
+    """Rewrite the file with one more line, unless another worker recorded this step first."""
+    path = intruders_path(run)
+    with _WRITE_LOCK:
+        if any(existing.step == point.step for existing in read_intruders(run)):
+            return
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        atomic.write_text(path, text + json.dumps(asdict(point)) + "\n")
+
+
+def _pack(values) -> str:
+    """Float32 values, exactly, as base64 of their little-endian bytes."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
+
+
+def _unpack(text: str) -> tuple[float, ...]:
+    data = base64.b64decode(text)
+    return struct.unpack(f"<{len(data) // 4}f", data)

@@ -1,0 +1,215 @@
+"""Scale intruders down (W' = W + (λ − 1)σuvᵀ): preview one matrix, sweep λ with the forgetting
+probe, export the repaired model. Heavy work (probe, export) runs in grouped thread workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, RadioButton, RadioSet, Static
+
+from spectui.checkpoint.pairing import short_name
+from spectui.defaults import DEFAULT_LAMBDAS, LAMBDA_RANGE, SCOPES
+from spectui.samples import samples_dir
+from spectui.tui.messages import ResultsChanged, ThresholdsChanged
+from spectui.tui.widgets.plots import SpectrumPlot, TradeoffPlot
+
+DEFAULT_LAMBDA = 0.75  # the paper: 0.7–0.9 costs little task accuracy and cuts forgetting
+
+
+class MitigateScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("w", "sweep", "λ sweep"),
+        Binding("e", "export", "Export at λ"),
+        Binding("o", "open_export", "Open export"),
+    ]
+
+    def __init__(self, inspector, matrix: str | None) -> None:
+        super().__init__()
+        self.inspector = inspector
+        self.matrix = matrix
+        self.lam = DEFAULT_LAMBDA
+        self.scope = SCOPES[0]
+        self.exported: Path | None = None
+        self.tradeoff: list[tuple] = []  # (λ, reference score, task score) rows of the last sweep
+
+    def compose(self) -> ComposeResult:
+        data = samples_dir() / "data"
+        yield Header()
+        with Horizontal(id="mitigate-controls"):
+            yield Input(f"{self.lam:g}", id="lambda", type="number")
+            with RadioSet(id="scope"):
+                yield RadioButton("top (paper)", value=True)
+                yield RadioButton("all (PEFT)")
+            yield Input(str(data / "reference.txt"), id="text")
+            yield Input(str(data / "task_eval.jsonl"), id="task")
+        yield Static("", id="mitigate-summary")
+        with Horizontal(id="mitigate-body"):
+            yield SpectrumPlot(id="mitigate-preview")
+            with Vertical(id="sweep-pane"):
+                yield ProgressBar(id="sweep-progress", show_eta=False)
+                yield DataTable(id="sweep-table", cursor_type="row")
+                yield TradeoffPlot(id="sweep-plot")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        titles = {"lambda": f"λ {LAMBDA_RANGE[0]:g}…{LAMBDA_RANGE[1]:g}", "scope": "scope",
+                  "text": "reference text", "task": "task file"}
+        for widget_id, title in titles.items():
+            self.query_one(f"#{widget_id}").border_title = title
+        table = self.query_one("#sweep-table", DataTable)
+        table.add_columns("model", "λ", "ref loss", "ref ppl", "task loss", "task acc")
+        table.focus()  # not an input: the screen's keys (w, e, o) must reach the screen
+        self.update_view()
+
+    def on_input_submitted(self, _: Input.Submitted) -> None:
+        self.query_one("#sweep-table", DataTable).focus()
+
+    def on_results_changed(self, _: ResultsChanged) -> None:
+        self.update_view()
+
+    def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
+        self.update_view()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "lambda":
+            return
+        try:
+            lam = float(event.value)
+        except ValueError:
+            lam = None
+        if lam is None or not LAMBDA_RANGE[0] <= lam <= LAMBDA_RANGE[1]:
+            self.query_one("#mitigate-summary", Static).update(
+                f"[red]λ must be a number from {LAMBDA_RANGE[0]:g} to {LAMBDA_RANGE[1]:g}[/]")
+            return
+        self.lam = lam
+        self.update_view()
+
+    def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
+        self.scope = SCOPES[event.index]
+        self.update_view()
+
+    # -- the plan and the preview -------------------------------------------------------------
+    def _plan(self):
+        """The intruders to scale at the app's (k, ε) and this scope; None until the scan is done."""
+        from spectui.mitigate import plan
+
+        ins, app = self.inspector, self.app
+        if not ins.finished:
+            return None
+        results = {key: r for key, r in ins.results.items() if key[0] == app.model}
+        return plan(ins.comparison, app.model, results, app.k, app.epsilon, self.scope)
+
+    def update_view(self) -> None:
+        summary = self.query_one("#mitigate-summary", Static)
+        ins, app = self.inspector, self.app
+        chosen = self._plan()
+        if chosen is None:
+            summary.update("waiting for the scan to finish…")
+            return
+        label = ins.labels[app.model]
+        summary.update(
+            f"[b]{label}[/]: λ={self.lam:g}, scope {self.scope} → {chosen.intruders} intruders in "
+            f"{len(chosen.matrices)} matrices scaled (k={app.k}, ε={app.epsilon:.2f}) · "
+            "w sweeps λ with the forgetting probe · e exports"
+        )
+        self._preview(chosen)
+
+    def _preview(self, chosen) -> None:
+        from spectui.mitigate import chosen_ranks, preview
+
+        ins, app = self.inspector, self.app
+        names = [m.spec.name for m in chosen.matrices]
+        name = self.matrix if self.matrix in names or not names else names[0]
+        result = ins.result(app.model, name) if name else None
+        if result is None:
+            return
+        ranks = chosen_ranks(result, app.k, app.epsilon, self.scope)
+        _, after = preview(result, ranks, self.lam)
+        self.query_one(SpectrumPlot).show(result.sigma_base, result.sigma_tuned, ranks,
+                                          f"{short_name(name)} · λ={self.lam:g}", sigma_after=after)
+
+    # -- the λ sweep --------------------------------------------------------------------------
+    def action_sweep(self) -> None:
+        chosen = self._plan()
+        if chosen is None:
+            self.notify("wait for the scan to finish first", severity="warning")
+            return
+        text, task = (Path(self.query_one(f"#{i}", Input).value.strip()) for i in ("text", "task"))
+        self.query_one("#sweep-table", DataTable).clear()
+        self.tradeoff = []
+        self.query_one("#sweep-progress", ProgressBar).update(total=2 + len(DEFAULT_LAMBDAS), progress=0)
+        self.run_sweep(chosen, text, task)
+
+    @work(thread=True, group="probe", exclusive=True)
+    def run_sweep(self, chosen, text: Path, task: Path | None) -> None:
+        from spectui.checkpoint.files import CheckpointError
+        from spectui.finetune.data import DataError
+        from spectui.probe import Probe, is_classifier, model_sweep
+
+        ins = self.inspector
+        source = ins.comparison.tuned[chosen.model_index].source
+        try:
+            probe = Probe(ins.comparison.base.path, text, task if str(task) else None,
+                          classification=is_classifier(source))
+            self.app.call_from_thread(self._add_row, *_row("base", None, probe.score()))
+            for row in model_sweep(probe, ins.comparison, chosen, DEFAULT_LAMBDAS):
+                self.app.call_from_thread(self._add_row, row.model, row.lam, row.reference, row.task)
+        except (CheckpointError, DataError) as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10)
+
+    def _add_row(self, model: str, lam: float | None, reference, task) -> None:
+        table = self.query_one("#sweep-table", DataTable)
+        table.add_row(model, "—" if lam is None else f"{lam:g}", f"{reference.loss:.4f}",
+                      f"{reference.perplexity:.2f}", "—" if task is None else f"{task.loss:.4f}",
+                      "—" if task is None or task.accuracy is None else f"{task.accuracy:.1%}")
+        self.query_one("#sweep-progress", ProgressBar).advance(1)
+        if lam is None:
+            return
+        self.tradeoff.append((lam, reference, task))
+        rows = self.tradeoff
+        self.query_one(TradeoffPlot).show([lam for lam, _, _ in rows], [r.loss for _, r, _ in rows],
+                                          [t.loss for _, _, t in rows] if rows[0][2] else None)
+
+    # -- export -------------------------------------------------------------------------------
+    def action_export(self) -> None:
+        chosen = self._plan()
+        if chosen is None:
+            self.notify("wait for the scan to finish first", severity="warning")
+            return
+        model = self.inspector.comparison.tuned[chosen.model_index]
+        out = self.app.export_dir / f"{model.label.replace('/', '-')}-lambda{self.lam:g}-{self.scope}"
+        self.write_export(chosen, out)
+
+    @work(thread=True, group="export", exclusive=True)
+    def write_export(self, chosen, out: Path) -> None:
+        from spectui.checkpoint.files import CheckpointError
+        from spectui.mitigate import check_export, export
+
+        try:
+            check_export(self.inspector.comparison, chosen.model_index, out, force=False)
+            refits = export(self.inspector.comparison, chosen, self.lam, out)
+        except CheckpointError as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10)
+            return
+        worst = max((r.relative_error for r in refits), default=0.0)
+        note = f"; rank-r refit error up to {worst:.1%}" if refits else ""
+        self.exported = out
+        self.app.call_from_thread(self.notify, f"wrote {out}{note} · o opens it", title="exported")
+
+    def action_open_export(self) -> None:
+        if self.exported is None:
+            self.notify("export first (e)", severity="warning")
+            return
+        self.app.pop_screen()
+        self.app.add_tuned_model(self.exported)
+
+
+def _row(model: str, lam: float | None, scores) -> tuple:
+    reference, task = scores
+    return model, lam, reference, task

@@ -1,0 +1,185 @@
+"""The Train screen: a fine-tuning run as a form, previewed as its `spectui train` command, launched
+detached (it outlives the TUI), then followed in its live view.
+
+Presets are named JSON specs in $XDG_CONFIG_HOME/spectui/presets (~/.config/spectui/presets), so
+they serve every project; they leave out the run's name and output directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.markup import escape
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Header, Input, Label, OptionList, Static
+from textual.worker import get_current_worker
+
+from spectui.finetune.data import DataError, load_splits
+from spectui.finetune.runs import RunError, State, create_run
+from spectui.finetune.spec import RunSpec, SpecError, load_spec, render_command, save_spec
+from spectui.samples import samples_dir
+from spectui.tui.messages import SpecEdited
+from spectui.tui.screens.runs import RunScreen
+from spectui.tui.widgets.spec_form import SpecForm
+
+_PRESET_NAME = re.compile(r"\w[\w.-]*")
+
+
+def presets_dir() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "spectui" / "presets"
+
+
+def default_spec(base: Path) -> RunSpec:
+    """LoRA on the inspected base, with the bundled task data when it is there."""
+    data = samples_dir() / "data" / "task.jsonl"
+    return RunSpec(base=str(base), data=str(data) if data.is_file() else "")
+
+
+class TrainScreen(Screen):
+    AUTO_FOCUS = "#field-method"
+    BINDINGS = [
+        Binding("ctrl+r", "launch", "Launch"),
+        Binding("ctrl+s", "save_preset", "Save preset"),
+        Binding("ctrl+o", "load_preset", "Load preset"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def __init__(self, spec: RunSpec) -> None:
+        super().__init__()
+        self.initial = spec
+        self.launching = False  # one launch at a time: a second key press must not start twice
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield SpecForm(self.initial, id="spec-form")
+        with Vertical(id="train-summary"):
+            yield Static("", id="train-notes")
+            yield Static("", id="train-command")
+            yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
+        yield Footer()
+
+    def on_spec_edited(self, message: SpecEdited) -> None:
+        """Preview the command, say what blocks the launch, and warn about what is valid but risky."""
+        notes = [f"[yellow]warning: {escape(warning)}[/]" for warning in message.spec.warnings()]
+        if message.errors:
+            notes.append(f"[red]{len(message.errors)} field(s) to fix before launching: "
+                         f"{escape('; '.join(message.errors.values()))}[/]")
+        self.query_one("#train-notes", Static).update("\n".join(notes))
+        self.query_one("#train-notes").display = bool(notes)
+        self.query_one("#train-command", Static).update(f"$ {escape(render_command(message.spec))}")
+        self.query_one("#launch", Button).disabled = bool(message.errors)
+
+    def on_button_pressed(self, _: Button.Pressed) -> None:
+        self.action_launch()
+
+    def action_launch(self) -> None:
+        form = self.query_one(SpecForm)
+        if form.errors:
+            self.notify(next(iter(form.errors.values())), title="not launched", severity="error",
+                        markup=False)
+        elif not self.launching:
+            self.launching = True
+            self.launch(form.spec)
+
+    @work(thread=True, group="launch", exclusive=True)
+    def launch(self, spec: RunSpec) -> None:
+        """Reads the data first, so a bad file is reported on the form and no run is created."""
+        try:
+            load_splits(spec)
+            run = create_run(spec)
+        except DataError as error:
+            on_data = str(error).startswith(f"{Path(spec.data)}:")
+            self.app.call_from_thread(self._refused, "data" if on_data else None, str(error))
+            return
+        except RunError as error:
+            self.app.call_from_thread(self._refused, "name", str(error))
+            return
+        try:
+            run.start()
+        except RunError as error:
+            run.set_status(State.FAILED, str(error))
+            self.app.call_from_thread(self._refused, None, str(error))
+            return
+        if not get_current_worker().is_cancelled:  # the user may have left the screen meanwhile
+            self.app.call_from_thread(self.app.switch_screen, RunScreen(run))
+
+    def _refused(self, field: str | None, message: str) -> None:
+        self.launching = False
+        if field is not None:
+            self.query_one(SpecForm).show_error(field, message)
+        self.notify(message, title="not launched", severity="error", timeout=10, markup=False)
+
+    def action_save_preset(self) -> None:
+        def save(name: str | None) -> None:
+            if not name:
+                return
+            path = presets_dir() / f"{name}.json"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_spec(replace(self.query_one(SpecForm).spec, name=None, out=None), path)
+            except OSError as error:
+                self.notify(f"{path}: cannot save the preset ({error.strerror})", severity="error",
+                            markup=False)
+                return
+            self.notify(f"saved preset {name} in {path.parent}")
+
+        self.app.push_screen(PresetNameScreen(), save)
+
+    def action_load_preset(self) -> None:
+        names = sorted(path.stem for path in presets_dir().glob("*.json"))
+        if not names:
+            self.notify(f"no presets in {presets_dir()} yet; ctrl+s saves one", severity="warning")
+            return
+
+        def load(name: str | None) -> None:
+            if name:
+                try:
+                    self.query_one(SpecForm).load(load_spec(presets_dir() / f"{name}.json"))
+                except SpecError as error:
+                    self.notify(str(error), severity="error", markup=False)
+
+        self.app.push_screen(PresetPickerScreen(names), load)
+
+
+class PresetNameScreen(ModalScreen[str | None]):
+    """The name to save the form under; Enter saves, Escape cancels."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label("[b]Save preset[/] — a name (letters, digits, '.', '-', '_'); Enter saves")
+            yield Input(id="preset-name")
+            yield Static("", id="preset-error")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if _PRESET_NAME.fullmatch(event.value):
+            self.dismiss(event.value)
+        else:
+            self.query_one("#preset-error", Static).update(
+                "[red]a preset name is letters, digits, '.', '-' and '_'[/]")
+
+
+class PresetPickerScreen(ModalScreen[str | None]):
+    """The saved presets; Enter loads one, Escape cancels."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(f"[b]Load preset[/] from {presets_dir()}")
+            yield OptionList(*self.names)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.names[event.option_index])
