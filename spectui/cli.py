@@ -10,7 +10,7 @@ from pathlib import Path
 
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
 
-COMMANDS = ("scan", "train", "runs", "mitigate", "probe")
+COMMANDS = ("scan", "report", "train", "runs", "mitigate", "probe")
 
 
 class UsageError(Exception):
@@ -29,6 +29,13 @@ def _epsilon(value: str) -> float:
     if not 0 < eps <= 1:
         raise argparse.ArgumentTypeError("epsilon must be in (0, 1]")
     return eps
+
+
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return count
 
 
 def _device(value: str) -> str:
@@ -61,6 +68,10 @@ def add_scan_parser(subparsers) -> argparse.ArgumentParser:
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="results as JSON on stdout")
     fmt.add_argument("--csv", action="store_true", help="results as CSV on stdout")
+    gate = parser.add_argument_group("CI gate (exit 1 when exceeded, results still printed)")
+    gate.add_argument("--fail-over", type=_count, metavar="N", help="a tuned model has more than N intruders")
+    gate.add_argument("--fail-over-matrix", type=_count, metavar="N",
+                      help="a single matrix has more than N intruders")
     parser.set_defaults(handler=run_scan)
     return parser
 
@@ -69,20 +80,24 @@ def build_command_parser() -> argparse.ArgumentParser:
     """`spectui COMMAND ...`: each subcommand sets `handler(args) -> exit code`."""
     from spectui.finetune.cli import add_runs_parser, add_train_parser
     from spectui.mitigate_cli import add_mitigate_parser, add_probe_parser
+    from spectui.reports.cli import add_report_parser
 
     parser = argparse.ArgumentParser(prog="spectui")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (add_scan_parser, add_train_parser, add_runs_parser, add_mitigate_parser, add_probe_parser):
+    for add in (add_scan_parser, add_report_parser, add_train_parser, add_runs_parser, add_mitigate_parser,
+                add_probe_parser):
         add(commands)
     return parser
 
 
 def build_tui_parser() -> argparse.ArgumentParser:
+    from spectui.serve import serve_options
+
     parser = argparse.ArgumentParser(
         prog="spectui",
         description="Inspect what fine-tuning did to a model's weights. Commands: "
         + ", ".join(COMMANDS) + " (spectui COMMAND --help).",
-        parents=[scan_options()],
+        parents=[scan_options(), serve_options()],
     )
     parser.add_argument("--export-dir", type=Path, default=None, help="where the export key writes (cwd)")
     return parser
@@ -118,13 +133,14 @@ def cache_root(args) -> Path | None:
     return None if args.no_cache else (args.cache_dir or default_cache_dir())
 
 
-def run_scan(args) -> int:
+def scan_from_args(args):
+    """Open the comparison and scan it with a progress bar on stderr (shared by `scan` and `report`);
+    returns (comparison, finished Scan); failed matrices are printed as they fail."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from spectui.cache import Cache
     from spectui.engine import MatrixDone, MatrixFailed, Scan, resolve_device
-    from spectui.report import scan_csv, scan_json, scan_tables
 
     err = Console(stderr=True)
     try:
@@ -150,8 +166,25 @@ def run_scan(args) -> int:
         scan.start()
         while not scan.wait(timeout=0.1):
             progress.update(task, completed=scan.done)
-    if scan.errors:
-        return 2 if any(e.bad_input for e in scan.errors.values()) else 1
+    return comparison, scan
+
+
+def scan_failure_code(scan) -> int:
+    """0 when every matrix was scanned; 2 when one could not be read (bad input), else 1."""
+    if not scan.errors:
+        return 0
+    return 2 if any(e.bad_input for e in scan.errors.values()) else 1
+
+
+def run_scan(args) -> int:
+    from rich.console import Console
+
+    from spectui.report import scan_csv, scan_json, scan_tables
+    from spectui.reports.gate import gate_failures
+
+    comparison, scan = scan_from_args(args)
+    if code := scan_failure_code(scan):
+        return code
     if args.json:
         json.dump(scan_json(comparison, scan.results, scan.errors, args.k, args.eps), sys.stdout)
         sys.stdout.write("\n")
@@ -161,7 +194,10 @@ def run_scan(args) -> int:
         out = Console() if sys.stdout.isatty() else Console(width=160)  # pipes get whole names
         for table in scan_tables(comparison, scan.results, scan.errors, args.k, args.eps):
             out.print(table)
-    return 0
+    failures = gate_failures(comparison, scan.results, args.k, args.eps, args.fail_over, args.fail_over_matrix)
+    for line in failures:
+        print(f"spectui: gate: {line}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in COMMANDS:
             args = build_command_parser().parse_args(argv)
             return args.handler(args)
-        return run_tui(build_tui_parser().parse_args(argv))
+        args = build_tui_parser().parse_args(argv)
+        if args.serve:
+            from spectui.serve import serve
+
+            return serve(args, argv)
+        return run_tui(args)
     except (CheckpointError, UsageError) as err:
         print(f"spectui: error: {err}", file=sys.stderr)
         return 2

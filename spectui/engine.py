@@ -21,6 +21,7 @@ from spectui.cache import Cache, tensor_digest
 from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import AdaptedModel, load_matrix
+from spectui.errors import one_line
 from spectui.spectral import MatrixResult, compare, decompose
 
 
@@ -177,8 +178,8 @@ class Scan:
                 self._fail(name, str(err), bad_input=True)
             except torch.cuda.OutOfMemoryError:
                 self._fail(name, f"{name}: out of memory on {self.device}; try --device cpu", bad_input=False)
-            except (RuntimeError, ValueError, torch.linalg.LinAlgError) as err:
-                self._fail(name, f"{name}: {err}", bad_input=False)
+            except Exception as err:  # a worker must never die silently: the scan would never finish
+                self._fail(name, f"{name}: {type(err).__name__}: {one_line(err)}", bad_input=False)
             with self._lock:
                 self._done.add(name)
                 self._done_cost += self._cost[name]

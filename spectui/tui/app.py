@@ -41,6 +41,7 @@ class SpectuiApp(App):
         Binding("m", "next_model", "Model"),
         Binding("x", "export", "Export"),
         Binding("s", "mitigate", "Scale intr."),
+        Binding("c", "compare", "Compare"),
         Binding("r", "train", "Train"),
         Binding("R", "runs", "Runs"),
     ]
@@ -180,6 +181,12 @@ class SpectuiApp(App):
                     markup=False)
 
     # -- navigation ---------------------------------------------------------------------------
+    def action_compare(self) -> None:
+        from spectui.tui.screens.compare import CompareScreen
+
+        if not isinstance(self.screen, CompareScreen):
+            self.push_screen(CompareScreen(self.inspector))
+
     def action_mitigate(self) -> None:
         """The Mitigate view, previewing the matrix being looked at."""
         from spectui.tui.screens.mitigate import MitigateScreen
@@ -208,26 +215,42 @@ class SpectuiApp(App):
 
     # -- export -------------------------------------------------------------------------------
     def action_export(self) -> None:
+        """JSON, CSV and a screenshot now; the HTML and Markdown reports follow from a worker."""
         from spectui.report import scan_csv, scan_json
 
         ins = self.inspector
-        errors = ins.errors
         stem = self.export_dir / f"spectui-{ins.comparison.base.label}-{time.strftime('%Y%m%d-%H%M%S')}"
+        results, errors, k, eps = dict(ins.results), ins.errors, self.k, self.epsilon
         try:
             import json
 
-            data = scan_json(ins.comparison, ins.results, errors, self.k, self.epsilon)
+            data = scan_json(ins.comparison, results, errors, k, eps)
             written = [
                 atomic.write_text(stem.with_suffix(".json"), json.dumps(data) + "\n"),
-                atomic.write_text(stem.with_suffix(".csv"),
-                                  scan_csv(ins.comparison, ins.results, errors, self.k, self.epsilon)),
+                atomic.write_text(stem.with_suffix(".csv"), scan_csv(ins.comparison, results, errors, k, eps)),
                 atomic.write_text(stem.with_suffix(".svg"), self.export_screenshot()),
             ]
         except OSError as err:
             self.notify(f"{stem.parent}: cannot write the export ({err.strerror})", severity="error")
             return
         note = "" if ins.finished else " (scan still running: partial results)"
-        self.notify(f"wrote {', '.join(p.name for p in written)} in {stem.parent}{note}", title="exported")
+        self.notify(f"wrote {', '.join(p.name for p in written)} in {stem.parent}{note}; "
+                    "HTML report on its way", title="exported")
+        self.write_reports(stem, results, errors, k, eps)
+
+    @work(thread=True, group="export", exclusive=True)
+    def write_reports(self, stem: Path, results: dict, errors: dict, k: int, epsilon: float) -> None:
+        from spectui.reports import write_report
+
+        try:
+            paths = [write_report(self.inspector.comparison, results, errors, k, epsilon, stem.with_suffix(suffix))
+                     for suffix in (".html", ".md")]
+        except OSError as err:
+            self.call_from_thread(self.notify, f"{stem.parent}: cannot write the report ({err.strerror})",
+                                  severity="error")
+            return
+        self.call_from_thread(self.notify, f"wrote {', '.join(p.name for p in paths)} in {stem.parent}",
+                              title="report")
 
 
 _KEY_NAMES = {"question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",

@@ -14,6 +14,7 @@ class SpectuiCommands(Provider):
         app = self.app
         yield "Export scan (JSON, CSV, SVG screenshot)", app.action_export, "write files and say where"
         yield "Set k and ε", app.action_thresholds, "type the thresholds"
+        yield "Compare tuned models", app.action_compare, "totals, ΔW, ε and k curves side by side"
         yield "Mitigate: scale intruders by λ", app.action_mitigate, "preview, λ sweep, export"
         yield "Help: keys", app.action_help, "list every key"
         yield "Train: fine-tune the base (new run)", app.action_train, "LoRA variants or full, detached"

@@ -59,6 +59,20 @@ class RowView:
     delta_rel_norm: float | None = None
 
 
+@dataclass(frozen=True)
+class ModelSummary:
+    """One tuned model in the comparison view."""
+
+    label: str
+    description: str
+    intruders: int
+    with_intruders: int
+    scanned: int
+    matrices: int
+    median_delta: float | None
+    median_rank: float | None
+
+
 class Inspector:
     def __init__(self, comparison: Comparison, cache_root: Path | None, device: str = "auto",
                  workers: int | None = None):
@@ -169,6 +183,25 @@ class Inspector:
     def epsilon_curve(self, model: int, k: int) -> list[int]:
         results = [r for (i, _), r in list(self.results.items()) if i == model]
         return [sum(r.intruders(k, eps) for r in results) for eps in EPSILON_GRID]
+
+    def k_curve(self, model: int, epsilon: float, ks: list[int]) -> list[int]:
+        """Total intruders as k grows at a fixed ε (paper Fig. 15); max|cos| is kept for every vector."""
+        results = [r for (i, _), r in list(self.results.items()) if i == model]
+        return [sum(r.intruders(k, epsilon) for r in results) for k in ks]
+
+    def summary(self, model: int, k: int, epsilon: float) -> ModelSummary:
+        import statistics
+
+        results = [r for (i, _), r in list(self.results.items()) if i == model]
+        tuned = self.comparison.tuned[model]
+        return ModelSummary(
+            label=tuned.label, description=tuned.description,
+            intruders=sum(r.intruders(k, epsilon) for r in results),
+            with_intruders=sum(1 for r in results if r.intruders(k, epsilon)),
+            scanned=len(results), matrices=len(tuned.pairing.matrices),
+            median_delta=statistics.median(r.delta_rel_norm for r in results) if results else None,
+            median_rank=statistics.median(r.delta_effective_rank for r in results) if results else None,
+        )
 
     def with_intruders(self, model: int, k: int, epsilon: float) -> list[str]:
         return [e.name for e in self.entries(model)

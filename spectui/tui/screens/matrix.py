@@ -23,12 +23,14 @@ class MatrixScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
         Binding("n", "jump(1)", "Next intr."),
         Binding("p", "jump(-1)", "Prev intr."),
+        Binding("v", "overlay", "Overlay models"),
     ]
 
     def __init__(self, inspector, name: str) -> None:
         super().__init__()
         self.inspector = inspector
         self.matrix = name
+        self.overlay = False  # every tuned model's spectrum on the same plot
         self._shown = None
 
     def compose(self) -> ComposeResult:
@@ -59,7 +61,8 @@ class MatrixScreen(Screen):
         app, ins = self.app, self.inspector
         model, k, eps = app.model, app.k, app.epsilon
         result = ins.result(model, self.matrix)
-        state = (self.matrix, model, k, eps, result is not None)
+        state = (self.matrix, model, k, eps, self.overlay, frozenset(
+            i for i in range(len(ins.labels)) if ins.result(i, self.matrix) is not None))
         if state == self._shown:
             return
         self._shown = state
@@ -85,11 +88,20 @@ class MatrixScreen(Screen):
             f"‖ΔW‖/‖W0‖ {result.delta_rel_norm:.3g} · eff. rank ΔW {result.delta_effective_rank:.1f} · "
             f"stable rank {result.stable_rank_base:.1f} → {result.stable_rank_tuned:.1f}{warning}"
         )
+        others = [(f"{label} σ", other.sigma_tuned) for i, label in enumerate(ins.labels)
+                  if self.overlay and i != model and (other := ins.result(i, self.matrix)) is not None]
         self.query_one(SpectrumPlot).show(result.sigma_base, result.sigma_tuned, ranks,
-                                          f"singular values · {ins.labels[model]}")
+                                          f"singular values · {ins.labels[model]}", extra=others)
         size = min(max(k, HEATMAP_MIN), result.similarity.shape[0])
         self.query_one(Heatmap).show(result.similarity, size, ranks)
         self.query_one(VectorTable).show(result, k, eps)
+
+    def action_overlay(self) -> None:
+        if len(self.inspector.labels) < 2:
+            self.notify("only one tuned model: add another (spectui BASE T1 T2, or from a run)")
+            return
+        self.overlay = not self.overlay
+        self.update_view()
 
     def action_jump(self, step: int) -> None:
         ins, app = self.inspector, self.app

@@ -132,7 +132,8 @@ class MitigateScreen(Screen):
         ranks = chosen_ranks(result, app.k, app.epsilon, self.scope)
         _, after = preview(result, ranks, self.lam)
         self.query_one(SpectrumPlot).show(result.sigma_base, result.sigma_tuned, ranks,
-                                          f"{short_name(name)} · λ={self.lam:g}", sigma_after=after)
+                                          f"{short_name(name)} · λ={self.lam:g}",
+                                          extra=[("mitigated σ", after)])
 
     # -- the λ sweep --------------------------------------------------------------------------
     def action_sweep(self) -> None:

@@ -12,7 +12,7 @@ from spectui.tui.inspector import EPSILON_GRID
 from spectui.tui.messages import ResultsChanged, ThresholdsChanged
 from spectui.tui.widgets.matrix_list import MatrixList
 from spectui.tui.widgets.overview_grid import OverviewGrid
-from spectui.tui.widgets.plots import EpsilonCurve
+from spectui.tui.widgets.plots import CurvePlot
 from spectui.tui.widgets.scan_status import ScanStatus
 
 
@@ -35,7 +35,7 @@ class OverviewScreen(Screen):
             with Vertical(id="overview-right"):
                 yield Static("", id="totals")
                 yield OverviewGrid(self.inspector, id="grid")
-                yield EpsilonCurve(id="eps-curve")
+                yield CurvePlot(id="eps-curve")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -64,7 +64,7 @@ class OverviewScreen(Screen):
             f"[b]{ins.total(model, k, eps)}[/] intruders in {with_any}/{scanned} matrices · k={k} ε={eps:.2f}"
         )
         curves = [(label, ins.epsilon_curve(i, k)) for i, label in enumerate(ins.labels)]
-        self.query_one(EpsilonCurve).show(list(EPSILON_GRID), curves, k, eps)
+        self.query_one(CurvePlot).show(list(EPSILON_GRID), curves, f"intruders vs ε  (k={k})", "ε", mark=eps)
 
     def action_filter(self) -> None:
         self.query_one(MatrixList).focus_filter()

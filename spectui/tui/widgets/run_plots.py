@@ -11,10 +11,7 @@ from spectui.tui.widgets.plots import Plot
 class LossCurve(Plot):
     """Training loss at each metrics line, evaluation loss where the run evaluated."""
 
-    def show(self, rows: list[dict[str, Any]]) -> None:
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
+    def draw(self, plt, rows: list[dict[str, Any]]) -> None:
         plt.title("loss")
         plt.xlabel("step")
         train = [(row["step"], row["loss"]) for row in rows]
@@ -24,18 +21,14 @@ class LossCurve(Plot):
         if evaluated:  # a few evaluations only: marked, so that a single one shows
             plt.plot(*zip(*evaluated), label="eval", color="magenta", marker="braille")
             plt.scatter(*zip(*evaluated), color="magenta", marker="●")
-        self.refresh()
 
 
 class IntruderCurve(Plot):
     """Total intruders of each scanned checkpoint at the app's (k, ε), k capped at what is stored."""
 
-    def show(self, points: list[CheckpointIntruders], saved: int, k: int, epsilon: float) -> None:
+    def draw(self, plt, points: list[CheckpointIntruders], saved: int, k: int, epsilon: float) -> None:
         """`saved`: checkpoints there are, of which `points` are scanned so far."""
         k = min(k, STORED_K)
-        plt = self.plt
-        plt.clear_data()
-        plt.clear_figure()
         plt.title(f"intruders k={k} ε={epsilon:.2f} · {len(points)}/{saved} scanned")
         plt.xlabel("step")
         if points:
@@ -44,4 +37,3 @@ class IntruderCurve(Plot):
             plt.plot(steps, totals, color="red", marker="braille")
             plt.scatter(steps, totals, color="red", marker="●")
             plt.ylim(0, max(totals) + 1)
-        self.refresh()

@@ -1,0 +1,86 @@
+"""`spectui --serve`: the inspector in a browser, through textual-serve.
+
+Each browser tab gets its own `spectui` process with the same paths and options (minus the serve
+options); they share the scan cache. textual-serve has no authentication, so the server binds to
+loopback unless told otherwise, and the way in from another machine is an SSH port forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import shlex
+import sys
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError("a port is 1 to 65535")
+    return port
+
+
+def serve_options() -> argparse.ArgumentParser:
+    opts = argparse.ArgumentParser(add_help=False)
+    group = opts.add_argument_group("in a browser")
+    group.add_argument("--serve", action="store_true", help="serve the app over HTTP instead of the terminal")
+    group.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind with --serve ({DEFAULT_HOST})")
+    group.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"port with --serve ({DEFAULT_PORT})")
+    return opts
+
+
+def app_argv(argv: list[str]) -> list[str]:
+    """The command line without the serve options: what each browser session runs. The parser only knows
+    the serve options, so it strips them (abbreviated or not) and keeps everything else in order."""
+    _, rest = serve_options().parse_known_args(argv)
+    return rest
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(args, argv: list[str]) -> int:
+    from spectui.cli import UsageError, open_from_args
+
+    open_from_args(args)  # bad paths fail here, in one line, not later in every browser tab
+    from textual_serve.server import Server
+
+    class ReachableServer(Server):
+        """textual-serve puts its own address into the page's script and websocket URLs, which is wrong
+        behind a port forward to another local port and for 0.0.0.0; use the address the browser used."""
+
+        async def handle_index(self, request):
+            self.public_url = f"{request.scheme}://{request.host}"  # no await before the handler reads it
+            return await super().handle_index(request)
+
+    command = shlex.join([sys.executable, "-m", "spectui", *app_argv(argv)])
+    print(_instructions(args.host, args.port), file=sys.stderr)
+    try:
+        ReachableServer(command, host=args.host, port=args.port, title="spectui").serve()
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise UsageError(f"--host {args.host} --port {args.port}: cannot listen ({reason})") from err
+    return 0
+
+
+def _instructions(host: str, port: int) -> str:
+    url_host = f"[{host}]" if ":" in host else host
+    lines = [f"spectui: serving on http://{url_host}:{port} (Ctrl+C stops it)"]
+    if is_loopback(host):
+        lines.append(f"spectui: from another machine: ssh -L {port}:{url_host}:{port} THIS_HOST, "
+                     f"then open http://127.0.0.1:{port}")
+    else:
+        lines.append(f"spectui: warning: {host} is not a loopback address and there is no login: anyone who "
+                     f"can reach port {port} can use the app and read what it opens; prefer the default "
+                     f"--host {DEFAULT_HOST} and an SSH forward (ssh -L {port}:127.0.0.1:{port} THIS_HOST)")
+    return "\n".join(lines)
