@@ -137,7 +137,9 @@ def main() -> None:
         mode, base, tuned, cache = args.child
         child(mode, base, tuned, cache or None)
         return
-    samples = ROOT / "sample_models"
+    from spectui.samples import samples_dir
+
+    samples = samples_dir()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

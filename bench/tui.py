@@ -99,7 +99,10 @@ def main() -> None:
     from spectui.tui.app import SpectuiApp
     from spectui.tui.inspector import Inspector
 
-    env = {"SPECTUI_SAMPLES": str(ROOT / "sample_models"), "XDG_CACHE_HOME": tempfile.mkdtemp()}
+    from spectui.samples import samples_dir
+
+    env = {"SPECTUI_SAMPLES": str(samples_dir()), "XDG_CACHE_HOME": tempfile.mkdtemp(),
+           "SPECTUI_RUNS_DIR": tempfile.mkdtemp()}
     minimal = [first_paint([sys.executable, "-c", MINIMAL_APP], b"filter by name", env) for _ in range(3)]
     spectui = [first_paint([sys.executable, "-m", "spectui"], b"filter by name", env) for _ in range(3)]
     paint = {"minimal_textual_s": min(minimal), "spectui_s": min(spectui)}

@@ -8,6 +8,7 @@ with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import threading
 from dataclasses import dataclass
@@ -21,9 +22,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays 
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-_SAFETENSORS_DTYPES = {
-    "F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
-}
+_ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
 class CheckpointError(Exception):
@@ -41,6 +41,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: str
     file: Path
+    offset: int = 0  # safetensors: where the bytes start in the file, and how many
+    nbytes: int = 0
 
 
 class TensorStore:
@@ -55,7 +57,7 @@ class TensorStore:
                 self._infos.setdefault(info.name, info)
         self._lock = threading.Lock()
         self._open_file: Path | None = None
-        self._handle = None
+        self._bin: dict = {}
 
     def __repr__(self) -> str:
         return f"TensorStore({self.path})"
@@ -77,24 +79,41 @@ class TensorStore:
         return self._infos[name].shape
 
     def load(self, name: str) -> torch.Tensor:
-        """Read one tensor; keeps at most one weight file open (mergekit-style) to bound memory."""
+        """Read one tensor. safetensors bytes are read straight into the tensor (no memory map, so
+        a scan's resident memory stays one matrix pair whatever the model's size); a `.bin` is
+        memory-mapped, one file at a time."""
         info = self._infos[name]
+        if info.file.suffix == ".safetensors":
+            return _read_safetensor(info)
         with self._lock:
             if self._open_file != info.file:
-                self._handle = _open_weights(info.file)
+                self._bin = _torch_load(info.file)
                 self._open_file = info.file
-            try:
-                if isinstance(self._handle, dict):
-                    return self._handle[name].clone()
-                return self._handle.get_tensor(name)
-            except Exception as err:  # safetensors raises its own error types
-                raise CheckpointError(info.file, f"cannot read tensor {name} ({err})") from err
+            return self._bin[name].clone()
+
+
+def _read_safetensor(info: TensorInfo) -> torch.Tensor:
+    import torch
+
+    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    try:
+        with open(info.file, "rb") as fh:
+            fh.seek(info.offset)
+            got = fh.readinto(memoryview(buffer.numpy()))
+    except OSError as err:
+        raise CheckpointError(info.file, f"cannot be read ({err.strerror})") from err
+    if got != info.nbytes:
+        raise CheckpointError(info.file, f"is truncated: tensor {info.name} lies past the end of the file")
+    dtype = _torch_dtype(info.dtype)
+    if not info.shape:
+        return buffer.view(dtype).reshape(())
+    return buffer.view(dtype).reshape(info.shape)
 
 
 def _read_infos(file: Path) -> list[TensorInfo]:
     if file.suffix == ".safetensors":
         return _safetensors_infos(file)
-    state = _open_weights(file)
+    state = _torch_load(file)
     return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), file)
             for k, v in state.items()]
 
@@ -127,23 +146,14 @@ def _safetensors_infos(file: Path) -> list[TensorInfo]:
             dtype, shape = meta["dtype"], tuple(int(d) for d in meta["shape"])
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(file, f"has a malformed header entry for {name}") from err
-        if dtype not in _SAFETENSORS_DTYPES:
+        if dtype not in _ITEM_SIZES:
             raise CheckpointError(file, f"stores {name} in unsupported dtype {dtype}")
         if end > data_len or begin > end:
             raise CheckpointError(file, f"is truncated: tensor {name} lies past the end of the file")
-        infos.append(TensorInfo(name, shape, dtype, file))
+        if end - begin != math.prod(shape) * _ITEM_SIZES[dtype]:
+            raise CheckpointError(file, f"is corrupt: tensor {name} has the wrong number of bytes")
+        infos.append(TensorInfo(name, shape, dtype, file, offset=8 + header_len + begin, nbytes=end - begin))
     return infos
-
-
-def _open_weights(file: Path):
-    if file.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            return safe_open(str(file), framework="pt")
-        except Exception as err:
-            raise CheckpointError(file, f"is not a valid safetensors file ({err})") from err
-    return _torch_load(file)
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
@@ -256,3 +266,12 @@ def _hub_cache_snapshot(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except (LocalEntryNotFoundError, HFValidationError, OSError):
         return None
+
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}[name]
