@@ -58,8 +58,19 @@ def child(mode: str, base: str, tuned: str, cache: str | None) -> None:
     start = time.perf_counter()
     flags = naive_scan(base, tuned) if mode == "naive" else spectui_scan(base, tuned, cache)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "flags": flags}))
+
+
+def peak_rss_mb() -> float:
+    """This process's own high-water mark: VmHWM starts afresh at exec, unlike ru_maxrss, which Linux
+    carries over from the parent (a parent that built a big model would inflate every child)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(mode: str, base: Path, tuned: Path, cache: Path | None = None) -> dict:

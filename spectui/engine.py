@@ -65,6 +65,22 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def keep_heap_bounded() -> None:
+    """glibc raises its mmap threshold each time a big block is freed; matrix-sized blocks then come
+    from the heap, which fragments, and resident memory grows with model depth (measured: +115 MB
+    from 4 to 16 layers at hidden 384). A fixed threshold keeps every matrix in its own mapping,
+    returned to the system when freed, so memory stays flat. No-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and "libc.so" in name:
+        ctypes.CDLL(name).mallopt(_M_MMAP_THRESHOLD, 1 << 16)
+
+
+_M_MMAP_THRESHOLD = -3
+
+
 def default_workers(device: torch.device) -> int:
     """On the CPU two single-threaded solves beat one two-threaded one (LAPACK's eigen-solvers scale
     poorly); on a GPU one worker keeps it busy while the next matrix is read."""

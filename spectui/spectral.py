@@ -196,7 +196,7 @@ def compare(
         sigma_delta=sigma_delta.numpy(),
         max_cos=max_cos.cpu().numpy(),
         best_base=best.cpu().numpy().astype(np.int32),
-        similarity=cos[:SIMILARITY_SIZE, :SIMILARITY_SIZE].cpu().numpy(),
+        similarity=cos[:SIMILARITY_SIZE, :SIMILARITY_SIZE].cpu().clone().numpy(),  # not a view: frees cos
         delta_rel_norm=delta_norm / base_norm if base_norm > 0 else 0.0,
         base_mp_distance=marchenko_pastur_distance(sigma_base, (w.shape[0], w.shape[1])),
     )
