@@ -6,17 +6,16 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
 from spectui.tui.inspector import EPSILON_GRID
-from spectui.tui.messages import ResultsChanged, ThresholdsChanged
+from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.plots import CurvePlot
 
 K_CURVE_MAX = 64
 
 
-class CompareScreen(Screen):
+class CompareScreen(ResultsScreen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
 
     def __init__(self, inspector) -> None:
@@ -36,15 +35,6 @@ class CompareScreen(Screen):
         table.add_columns("tuned model", "kind", "intruders", "matrices with", "median ‖ΔW‖/‖W0‖",
                           "median eff. rank ΔW")
         table.focus()
-        self.update_view()
-
-    def on_screen_resume(self) -> None:
-        self.update_view()
-
-    def on_results_changed(self, _: ResultsChanged) -> None:
-        self.update_view()
-
-    def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
         self.update_view()
 
     def update_view(self) -> None:

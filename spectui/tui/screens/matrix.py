@@ -5,11 +5,10 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from spectui.checkpoint.pairing import short_name
-from spectui.tui.messages import ResultsChanged, ThresholdsChanged
+from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.screens.overview import next_with_intruders
 from spectui.tui.widgets.heatmap import Heatmap
 from spectui.tui.widgets.plots import SpectrumPlot
@@ -18,7 +17,7 @@ from spectui.tui.widgets.vector_table import VectorTable
 HEATMAP_MIN = 10  # the paper's Fig. 3 shows the top 10 × 10
 
 
-class MatrixScreen(Screen):
+class MatrixScreen(ResultsScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("n", "jump(1)", "Next intr."),
@@ -46,16 +45,6 @@ class MatrixScreen(Screen):
         self.inspector.prioritize(self.matrix)
         self.update_view()
         self.query_one(VectorTable).focus()
-
-    def on_screen_resume(self) -> None:
-        self.update_view()
-
-    def on_results_changed(self, _: ResultsChanged) -> None:
-        self.update_view()
-
-    def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
-        self._shown = None
-        self.update_view()
 
     def update_view(self) -> None:
         app, ins = self.app, self.inspector

@@ -9,19 +9,18 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, RadioButton, RadioSet, Static
 
 from spectui.checkpoint.pairing import short_name
 from spectui.defaults import DEFAULT_LAMBDAS, LAMBDA_RANGE, SCOPES
 from spectui.samples import samples_dir
-from spectui.tui.messages import ResultsChanged, ThresholdsChanged
+from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.plots import SpectrumPlot, TradeoffPlot
 
 DEFAULT_LAMBDA = 0.75  # the paper: 0.7–0.9 costs little task accuracy and cuts forgetting
 
 
-class MitigateScreen(Screen):
+class MitigateScreen(ResultsScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("w", "sweep", "λ sweep"),
@@ -69,12 +68,6 @@ class MitigateScreen(Screen):
 
     def on_input_submitted(self, _: Input.Submitted) -> None:
         self.query_one("#sweep-table", DataTable).focus()
-
-    def on_results_changed(self, _: ResultsChanged) -> None:
-        self.update_view()
-
-    def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
-        self.update_view()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id != "lambda":

@@ -5,18 +5,17 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from spectui.tui.inspector import EPSILON_GRID
-from spectui.tui.messages import ResultsChanged, ThresholdsChanged
+from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.matrix_list import MatrixList
 from spectui.tui.widgets.overview_grid import OverviewGrid
 from spectui.tui.widgets.plots import CurvePlot
 from spectui.tui.widgets.scan_status import ScanStatus
 
 
-class OverviewScreen(Screen):
+class OverviewScreen(ResultsScreen):
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("n", "jump(1)", "Next intr."),
@@ -41,15 +40,6 @@ class OverviewScreen(Screen):
     def on_mount(self) -> None:
         self.update_view()
         self.query_one("#matrices").focus()
-
-    def on_screen_resume(self) -> None:
-        self.update_view()
-
-    def on_results_changed(self, _: ResultsChanged) -> None:
-        self.update_view()
-
-    def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
-        self.update_view()
 
     def update_view(self) -> None:
         app, ins = self.app, self.inspector
