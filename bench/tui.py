@@ -96,10 +96,9 @@ def main() -> None:
     from scan import generated_pair
 
     from spectui.checkpoint.comparison import open_comparison
+    from spectui.samples import samples_dir
     from spectui.tui.app import SpectuiApp
     from spectui.tui.inspector import Inspector
-
-    from spectui.samples import samples_dir
 
     env = {"SPECTUI_SAMPLES": str(samples_dir()), "XDG_CACHE_HOME": tempfile.mkdtemp(),
            "SPECTUI_RUNS_DIR": tempfile.mkdtemp()}
