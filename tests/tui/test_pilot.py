@@ -1,0 +1,247 @@
+"""The inspector driven like a person would, through Textual's Pilot, on the bundled samples."""
+
+import json
+
+from conftest import wait_for_scan
+
+from spectui.tui.screens.dialogs import HelpScreen, ThresholdsScreen
+from spectui.tui.screens.matrix import MatrixScreen
+from spectui.tui.screens.overview import OverviewScreen
+from spectui.tui.widgets.heatmap import Heatmap
+from spectui.tui.widgets.matrix_list import MatrixList
+from spectui.tui.widgets.vector_table import VectorTable
+
+
+def totals_text(app) -> str:
+    return str(app.screen.query_one("#totals").render())
+
+
+async def test_opens_scans_and_lists_every_matrix(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        assert isinstance(app.screen, OverviewScreen)
+        await wait_for_scan(pilot)
+        listing = app.screen.query_one(MatrixList)
+        scanned = app.inspector.comparison.tuned[0].pairing.matrices
+        assert len(listing.names()) >= len(scanned)
+        assert "scan complete" in str(app.screen.query_one("#scan-label").render())
+        assert f"{app.inspector.total(0, 10, 0.5)} intruders" in totals_text(app)
+
+
+async def test_open_a_matrix_shows_spectrum_table_and_heatmap(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("down", "enter")
+        assert isinstance(app.screen, MatrixScreen)
+        name = app.screen.matrix
+        assert name == app.inspector.entries(0)[1].name
+        await pilot.pause()
+        result = app.inspector.result(0, name)
+        table = app.screen.query_one(VectorTable)
+        assert table.row_count >= 10
+        assert app.screen.query_one(Heatmap).similarity is not None
+        info = str(app.screen.query_one("#matrix-info").render())
+        assert f"{result.intruders(10, 0.5)} intruders" in info
+        await pilot.press("escape")
+        assert isinstance(app.screen, OverviewScreen)
+
+
+async def test_epsilon_and_k_keys_change_counts_without_rescanning(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        scan = app.inspector.scan
+        before = app.inspector.total(0, 10, 0.5)
+        await pilot.press(*["right_square_bracket"] * 4)
+        await pilot.pause()
+        assert app.epsilon == 0.7
+        after = app.inspector.total(0, 10, 0.7)
+        assert after > before
+        assert f"{after} intruders" in totals_text(app) and "ε=0.70" in totals_text(app)
+        await pilot.press("minus")
+        await pilot.pause()
+        assert app.k == 9 and "k=9" in totals_text(app)
+        assert app.inspector.scan is scan and scan.done == scan.total
+
+
+async def test_thresholds_dialog_validates_and_applies(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("t")
+        assert isinstance(app.screen, ThresholdsScreen)
+        app.screen.query_one("#eps-input").value = "1.5"
+        await pilot.press("enter")
+        assert isinstance(app.screen, ThresholdsScreen)
+        assert "ε must be" in str(app.screen.query_one("#thresholds-error").render())
+        app.screen.query_one("#k-input").value = "5"
+        app.screen.query_one("#eps-input").value = "0.3"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert (app.k, app.epsilon) == (5, 0.3)
+        assert "k=5" in totals_text(app)
+
+
+async def test_filter_narrows_the_list(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("slash", *"q_proj", "enter")
+        names = app.screen.query_one(MatrixList).names()
+        assert names and all("q_proj" in n for n in names)
+        await pilot.press("enter")
+        assert isinstance(app.screen, MatrixScreen) and "q_proj" in app.screen.matrix
+
+
+async def test_next_and_previous_matrix_with_intruders(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        flagged = app.inspector.with_intruders(0, 10, 0.5)
+        assert flagged
+        await pilot.press("n")
+        assert app.screen.query_one(MatrixList).highlighted in flagged
+        await pilot.press("enter", "n")
+        assert app.screen.matrix in flagged
+
+
+async def test_export_writes_json_csv_svg_and_reports(make_app, tmp_path):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("x")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    files = sorted((tmp_path / "export").iterdir())
+    assert [f.suffix for f in files] == [".csv", ".html", ".json", ".md", ".svg"]
+    data = json.loads(files[2].read_text())
+    assert data["models"][0]["total_intruders"] == app.inspector.total(0, 10, 0.5)
+    assert files[4].read_text().startswith("<svg")
+    assert "<html" in files[1].read_text() and "| lora" in files[3].read_text()
+
+
+async def test_help_lists_keys(make_app):
+    app = make_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, OverviewScreen)
+
+
+async def test_model_switch_and_tiny_terminal_do_not_crash(make_app):
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("m")
+        assert app.model == 1 and app.inspector.labels[1] in totals_text(app)
+        await pilot.resize_terminal(20, 6)
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.resize_terminal(160, 50)
+        await pilot.pause(0.3)
+
+
+async def test_worker_error_is_a_notification_and_marks_the_matrix(make_app, tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tiny / "full" / "model.safetensors")
+    bad_name = "model.layers.0.self_attn.q_proj.weight"
+    state[bad_name][0, 0] = float("nan")
+    shutil.copytree(tiny / "full", tmp_path / "nan")
+    save_file(state, tmp_path / "nan" / "model.safetensors")
+    app = make_app(str(tiny / "base"), [str(tmp_path / "nan")])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        assert app.inspector.status(0, bad_name) == "error"
+        assert any("contains NaN" in n.message for n in app._notifications)
+        assert app.inspector.status(0, "model.layers.1.self_attn.q_proj.weight") == "done"
+
+
+async def test_adding_a_tuned_model_scans_only_it_and_shows_it(make_app):
+    from spectui.samples import sample_comparison
+
+    base, tuned = sample_comparison()
+    app = make_app(base, tuned[:1])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        first_scan = app.inspector.scan
+        app.add_tuned_model(tuned[1])
+        await pilot.pause()
+        assert app.model == 1 and app.inspector.labels == ["lora", "full"]
+        await wait_for_scan(pilot)
+        assert app.inspector.scan is not first_scan and app.inspector.scan.models == [1]
+        assert len([key for key in app.inspector.results if key[0] == 1]) == \
+            len(app.inspector.comparison.tuned[1].pairing.matrices)
+        assert "full" in totals_text(app)
+
+
+async def test_compare_view_shows_every_model_and_switches(make_app):
+    from spectui.tui.screens.compare import CompareScreen
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("c")
+        assert isinstance(app.screen, CompareScreen)
+        table = app.screen.query_one("#compare-table")
+        assert table.row_count == 2
+        for row, label in enumerate(app.inspector.labels):
+            cells = [str(c) for c in table.get_row_at(row)]
+            assert cells[0] == label and cells[2] == str(app.inspector.total(row, 10, 0.5))
+        k_plot = str(app.screen.query_one("#compare-k").render())
+        assert "intruders vs k" in k_plot and "full" in k_plot
+        await pilot.press("down", "enter")
+        assert app.model == 1 and isinstance(app.screen, OverviewScreen)
+
+
+async def test_matrix_view_overlays_other_models(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("enter")
+        plot = app.screen.query_one("#spectrum")
+        assert "full σ" not in str(plot.render())
+        await pilot.press("v")
+        await pilot.pause()
+        assert "full σ" in str(plot.render())
+
+
+async def test_mitigate_view_previews_sweeps_exports_and_opens(make_app, tmp_path):
+    from spectui.defaults import DEFAULT_LAMBDAS
+    from spectui.tui.screens.mitigate import MitigateScreen
+
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("n", "s")
+        assert isinstance(app.screen, MitigateScreen)
+        summary = str(app.screen.query_one("#mitigate-summary").render())
+        assert "intruders in" in summary and "scope top" in summary
+        assert "mitigated σ" in str(app.screen.query_one("#mitigate-preview").render())
+        await pilot.press("w")
+        table = app.screen.query_one("#sweep-table")
+        for _ in range(600):
+            if table.row_count == 2 + len(DEFAULT_LAMBDAS):
+                break
+            await pilot.pause(0.1)
+        assert table.row_count == 2 + len(DEFAULT_LAMBDAS)
+        lambda_one = [str(c) for c in table.get_row_at(table.row_count - 1)]
+        tuned = [str(c) for c in table.get_row_at(1)]
+        assert lambda_one[1] == "1" and lambda_one[2] == tuned[2]  # λ = 1 is the tuned model
+        await pilot.press("e")
+        for _ in range(300):
+            if app.screen.exported is not None:
+                break
+            await pilot.pause(0.1)
+        assert app.screen.exported is not None and app.screen.exported.is_dir()
+        await pilot.press("o")
+        await pilot.pause()
+        assert app.inspector.labels[-1] == app.screen.app.inspector.labels[-1]
+        assert app.model == len(app.inspector.labels) - 1
+        await wait_for_scan(pilot)
+        before = app.inspector.total(0, 10, 0.5)
+        assert app.inspector.total(app.model, 10, 0.5) < before
