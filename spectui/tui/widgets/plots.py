@@ -23,6 +23,7 @@ class Plot(PlotextPlot):
 
     def show(self, *args, **kwargs) -> None:
         self._data = (args, kwargs)
+        self.refresh()
 
     def render(self):
         if self._data is None:
@@ -65,7 +66,7 @@ class SpectrumPlot(Plot):
         floor = top * 1e-12
         bottom = max(min(float(sigma[-1]) for _, sigma in series), floor)
         # headroom on the log axis keeps the legend off the top σ; plotext takes log limits in log10
-        plt.ylim(math.log10(bottom / 1.5), math.log10(top * 100))
+        plt.ylim(math.log10(bottom / 1.5), math.log10(top * 20))
         for (label, sigma), color in zip(series, ("cyan", "magenta", "green", "yellow", "blue", "white")):
             plt.plot([max(float(s), floor) for s in sigma], label=label, color=color, marker="braille")
         if intruder_ranks:
