@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -26,7 +28,7 @@ ANSI = re.compile(r"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@
 
 
 def run_chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory(prefix="spectui-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="spectui-chromium-", ignore_cleanup_errors=True) as profile:
         return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
                               text=True, timeout=timeout, check=True)
 
@@ -43,15 +45,16 @@ def screenshot(url: str, png: Path, width: int = 1200, height: int = 3000) -> Pa
 def page_terminal_text(url: str, wait_for: str, timeout: float = 60, png: Path | None = None) -> str:
     """Load `url` and return the terminal output its websockets received (escape codes removed), once it
     contains `wait_for` or after `timeout` seconds; with `png`, also a screenshot of the page then."""
-    with tempfile.TemporaryDirectory(prefix="spectui-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile while it is removed: ignore that.
+    with tempfile.TemporaryDirectory(prefix="spectui-chromium-", ignore_cleanup_errors=True) as profile:
         browser = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                                     "--window-size=1280,800", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = _devtools_port(Path(profile) / "DevToolsActivePort", browser, timeout=30)
             return asyncio.run(_terminal_text(port, url, wait_for, timeout, png))
         finally:
-            browser.terminate()
+            os.killpg(browser.pid, signal.SIGTERM)  # the browser and its helper processes
             browser.wait(timeout=10)
 
 
