@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, TOP_VECTORS
 
 COMMANDS = ("scan", "report", "train", "runs", "mitigate", "probe")
 
@@ -19,8 +19,8 @@ class UsageError(Exception):
 
 def _k(value: str) -> int:
     k = int(value)
-    if k < 1:
-        raise argparse.ArgumentTypeError("k must be at least 1")
+    if not 1 <= k <= TOP_VECTORS:
+        raise argparse.ArgumentTypeError(f"k must be from 1 to {TOP_VECTORS} (max|cos| is kept for that many)")
     return k
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectui import atomic
-from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, TOP_VECTORS
 from spectui.finetune.runs import LIVE, Run, State
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from spectui.engine import Scan
 
 INTRUDERS_FILE = "intruders.jsonl"
-STORED_K = 64  # max|cos| kept per matrix: the paper's k = 10 and well beyond
+STORED_K = TOP_VECTORS  # max|cos| kept per matrix: the paper's k = 10 and well beyond
 POLL_S = 2.0
 _WRITE_LOCK = threading.Lock()  # one process may scan a run from two workers at once
 

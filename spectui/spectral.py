@@ -19,10 +19,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE, TOP_VECTORS
 
-ALGORITHM_VERSION = 1
-# Below this λ_min/λ_max a float32 eigen-solve loses the small singular vectors: use float64.
+ALGORITHM_VERSION = 2
+# Below this λ_min/λ_max float32 eigenvalues no longer resolve the smallest singular values.
 _FLOAT32_CONDITION_LIMIT = 1e-5
 # Kolmogorov–Smirnov distance to the Marchenko–Pastur law under which a spectrum looks random.
 # Random matrices sit far closer than i.i.d. samples would (their eigenvalues are rigid): measured
@@ -33,29 +33,37 @@ RANDOM_LIKE_DISTANCE = 0.05
 
 @dataclass
 class Decomposition:
-    """Singular values (descending, float64) and left singular vectors (columns, float32)."""
+    """Singular values (descending, float64) and left singular vectors (columns, float32): all of
+    them for a base matrix, the top TOP_VECTORS for a tuned one."""
 
     sigma: torch.Tensor
     u: torch.Tensor
 
 
-def decompose(w: torch.Tensor) -> Decomposition:
-    """All singular values and left singular vectors of W via the Gram matrix of its short side."""
+def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
+    """All singular values and the first `vectors` (default all) left singular vectors of W, via
+    the eigen-decomposition of the Gram matrix (accumulated in float64) of its short side.
+
+    All vectors (a base matrix, decomposed once and cached) are solved in float64: a float32
+    solve would rotate the small-σ vectors within their clusters. The top vectors alone (a tuned
+    matrix) are well determined in float32; its singular values are redone in float64 only when
+    the float32 ones cannot resolve the smallest."""
     m, n = w.shape
     w64 = w.to(torch.float64)
     gram = w64 @ w64.T if m <= n else w64.T @ w64
-    lam, vecs = _eigh_descending(gram)
-    sigma = lam.clamp_min(0).sqrt()
-    # for m > n, vecs are right singular vectors: u_i = W v_i / σ_i, re-orthonormalised for tiny σ_i
-    u = vecs if m <= n else _orthonormal_columns(w64 @ vecs.to(torch.float64))
-    return Decomposition(sigma=sigma.cpu(), u=u.to(torch.float32))
-
-
-def _eigh_descending(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    lam, vecs = torch.linalg.eigh(gram.to(torch.float32))
-    if lam[-1] > 0 and lam[0] / lam[-1] < _FLOAT32_CONDITION_LIMIT:
+    if vectors is None:
         lam, vecs = torch.linalg.eigh(gram)
-    return lam.to(torch.float64).flip(0), vecs.flip(1)
+    else:
+        lam, vecs = torch.linalg.eigh(gram.to(torch.float32))
+        lam = lam.to(torch.float64)
+        if lam[-1] > 0 and lam[0] / lam[-1] < _FLOAT32_CONDITION_LIMIT:
+            lam = torch.linalg.eigvalsh(gram)
+    sigma = lam.flip(0).clamp_min(0).sqrt()
+    vecs = vecs.flip(1)[:, :vectors]
+    # for m > n, vecs are right singular vectors: u_i = W v_i / σ_i, re-orthonormalised (QR) so
+    # that tiny σ_i cannot spoil them
+    u = vecs if m <= n else _orthonormal_columns(w.to(vecs.dtype) @ vecs)
+    return Decomposition(sigma=sigma.cpu(), u=u.to(torch.float32))
 
 
 def _orthonormal_columns(y: torch.Tensor) -> torch.Tensor:
@@ -130,7 +138,7 @@ class MatrixResult:
     sigma_base: np.ndarray
     sigma_tuned: np.ndarray
     sigma_delta: np.ndarray
-    max_cos: np.ndarray  # for every tuned left singular vector, in singular-value order
+    max_cos: np.ndarray  # for the top TOP_VECTORS tuned left singular vectors, in singular-value order
     best_base: np.ndarray  # index of the base vector that attains it
     similarity: np.ndarray  # |U[:, :K]ᵀ U0[:, :K]|, K = SIMILARITY_SIZE
     delta_rel_norm: float
@@ -181,7 +189,7 @@ def compare(
     delta_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> MatrixResult:
     """The paper's per-matrix analysis of W0 → W, given W0's (cached) decomposition."""
-    tuned = decompose(w)
+    tuned = decompose(w, vectors=TOP_VECTORS)
     cos = (tuned.u.T @ base.u.to(tuned.u.device)).abs()
     max_cos, best = cos.max(dim=1)
     size = min(w.shape)

@@ -105,8 +105,8 @@ def _table(header, rows: list[list[str]], right_from: int) -> str:
 
 
 def _k_figure(comparison: Comparison, results: dict, labels: list[str], k: int, epsilon: float) -> str:
-    """k from 1 to the largest rank scanned; the cached max|cos| of every tuned vector makes any k cheap."""
-    largest = max((min(r.shape) for r in results.values()), default=k)
+    """k from 1 to the largest k stored (TOP_VECTORS, or the rank of smaller matrices): no new SVD."""
+    largest = max((len(r.max_cos) for r in results.values()), default=k)
     ks = sorted({int(v) for v in np.unique(np.geomspace(1, max(largest, k), K_POINTS).round())} | {k})
     totals = [[total_intruders(results, i, kk, epsilon) for kk in ks] for i in range(len(comparison.tuned))]
     return figures.k_curves(labels, ks, totals, k, epsilon)

@@ -12,7 +12,7 @@ from textual.reactive import reactive
 from textual.worker import get_current_worker
 
 from spectui import atomic
-from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, TOP_VECTORS
 from spectui.finetune.runs import LIVE, Run, list_runs
 from spectui.tui.commands import SpectuiCommands
 from spectui.tui.inspector import Inspector
@@ -59,8 +59,8 @@ class SpectuiApp(App):
         self._followed: dict[Path, Run] = {}  # runs whose checkpoints are scanned as they land
         self.set_reactive(SpectuiApp.k, k)
         self.set_reactive(SpectuiApp.epsilon, epsilon)
-        self.k_max = max(min(spec.shape) for m in inspector.comparison.tuned for spec in m.pairing.matrices) \
-            if inspector.comparison.matrix_names() else DEFAULT_K
+        ranks = [min(spec.shape) for m in inspector.comparison.tuned for spec in m.pairing.matrices]
+        self.k_max = min(TOP_VECTORS, max(ranks, default=DEFAULT_K))
 
     def get_default_screen(self) -> OverviewScreen:
         return OverviewScreen(self.inspector)

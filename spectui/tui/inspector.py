@@ -185,7 +185,7 @@ class Inspector:
         return [sum(r.intruders(k, eps) for r in results) for eps in EPSILON_GRID]
 
     def k_curve(self, model: int, epsilon: float, ks: list[int]) -> list[int]:
-        """Total intruders as k grows at a fixed ε (paper Fig. 15); max|cos| is kept for every vector."""
+        """Total intruders as k grows at a fixed ε (paper Fig. 15); max|cos| is kept up to TOP_VECTORS."""
         results = [r for (i, _), r in list(self.results.items()) if i == model]
         return [sum(r.intruders(k, epsilon) for r in results) for k in ks]
 

@@ -12,8 +12,6 @@ from spectui.tui.inspector import EPSILON_GRID
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.plots import CurvePlot
 
-K_CURVE_MAX = 64
-
 
 class CompareScreen(ResultsScreen):
     BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
@@ -52,7 +50,7 @@ class CompareScreen(ResultsScreen):
                 key=str(model),
             )
         table.move_cursor(row=min(row, table.row_count - 1))
-        ks = list(range(1, min(K_CURVE_MAX, app.k_max) + 1))
+        ks = list(range(1, app.k_max + 1))
         self.query_one("#compare-eps", CurvePlot).show(
             list(EPSILON_GRID), [(label, ins.epsilon_curve(i, k)) for i, label in enumerate(ins.labels)],
             f"intruders vs ε (k={k})", "ε", mark=eps)
