@@ -7,6 +7,7 @@ torch releases the GIL in its kernels, so threads scale; each worker gets its sh
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -79,6 +80,17 @@ def keep_heap_bounded() -> None:
 
 
 _M_MMAP_THRESHOLD = -3
+
+
+WORKER_NICENESS = 10
+
+
+def _yield_to_interactive_threads() -> None:
+    """Lower this worker thread's CPU priority (Linux schedules threads as tasks): with every core
+    busy decomposing, the TUI's event loop still runs at once when a key arrives. Headless scans
+    lose nothing, as there is nothing else to run."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted: left as it is
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
 
 
 def default_workers(device: torch.device) -> int:
@@ -187,6 +199,7 @@ class Scan:
 
     def _work(self, threads: int) -> None:
         torch.set_num_threads(threads)
+        _yield_to_interactive_threads()
         while (name := self._next()) is not None:
             try:
                 self._scan_matrix(name)

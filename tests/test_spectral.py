@@ -8,7 +8,6 @@ from spectui.spectral import (
     decompose,
     effective_rank,
     low_rank_singular_values,
-    marchenko_pastur_distance,
     singular_values,
 )
 

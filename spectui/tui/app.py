@@ -23,7 +23,7 @@ from spectui.tui.screens.overview import OverviewScreen
 from spectui.tui.screens.runs import RunsScreen, inspected_base
 from spectui.tui.screens.train import TrainScreen, default_spec
 
-REFRESH_SECONDS = 0.2  # results are batched: a scan of thousands of matrices never floods the UI
+REFRESH_SECONDS = 0.5  # results are batched: a scan of thousands of matrices never floods the UI
 
 
 class SpectuiApp(App):

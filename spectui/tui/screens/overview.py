@@ -25,6 +25,7 @@ class OverviewScreen(ResultsScreen):
     def __init__(self, inspector) -> None:
         super().__init__()
         self.inspector = inspector
+        self._curves = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -54,7 +55,9 @@ class OverviewScreen(ResultsScreen):
             f"[b]{ins.total(model, k, eps)}[/] intruders in {with_any}/{scanned} matrices · k={k} ε={eps:.2f}"
         )
         curves = [(label, ins.epsilon_curve(i, k)) for i, label in enumerate(ins.labels)]
-        self.query_one(CurvePlot).show(list(EPSILON_GRID), curves, f"intruders vs ε  (k={k})", "ε", mark=eps)
+        if (curves, k, eps) != self._curves:  # plotext redraws are the costliest part of a refresh
+            self._curves = (curves, k, eps)
+            self.query_one(CurvePlot).show(list(EPSILON_GRID), curves, f"intruders vs ε  (k={k})", "ε", mark=eps)
 
     def action_filter(self) -> None:
         self.query_one(MatrixList).focus_filter()

@@ -28,13 +28,17 @@ class OverviewGrid(DataTable):
         self.inspector = inspector
         self.model = -1
         self._cells: dict[tuple[str, str], str] = {}  # (row key, column key) → matrix name
+        self._shown: dict[tuple[str, str], object] = {}
 
     def show(self, model: int, k: int, epsilon: float) -> None:
         if model != self.model:
             self.model = model
             self._layout()
         for (row, column), name in self._cells.items():
-            self.update_cell(row, column, count_text(self.inspector.row(model, name, k, epsilon)))
+            view = self.inspector.row(model, name, k, epsilon)
+            if self._shown.get((row, column)) != view:  # untouched cells are not redrawn
+                self._shown[(row, column)] = view
+                self.update_cell(row, column, count_text(view))
 
     def _layout(self) -> None:
         """Rows are layers (then one row for matrices outside layers); columns are module types."""
@@ -45,6 +49,7 @@ class OverviewGrid(DataTable):
         labels = column_labels(modules)
         self.clear(columns=True)
         self._cells.clear()
+        self._shown.clear()
         self.add_column("layer", key="layer")
         for module in modules:
             self.add_column(labels[module], key=module)
