@@ -232,12 +232,15 @@ async def test_mitigate_view_previews_sweeps_exports_and_opens(make_app, tmp_pat
         lambda_one = [str(c) for c in table.get_row_at(table.row_count - 1)]
         tuned = [str(c) for c in table.get_row_at(1)]
         assert lambda_one[1] == "1" and lambda_one[2] == tuned[2]  # λ = 1 is the tuned model
+        await pilot.press("l", "0", ".", "5", "enter")  # the keyboard route to λ, then keys go back to the screen
+        assert app.screen.lam == 0.5 and "λ=0.5" in str(app.screen.query_one("#mitigate-summary").render())
         await pilot.press("e")
         for _ in range(300):
             if app.screen.exported is not None:
                 break
             await pilot.pause(0.1)
         assert app.screen.exported is not None and app.screen.exported.is_dir()
+        assert "lambda0.5" in app.screen.exported.name
         await pilot.press("o")
         await pilot.pause()
         assert app.inspector.labels[-1] == app.screen.app.inspector.labels[-1]

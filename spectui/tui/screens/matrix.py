@@ -71,9 +71,11 @@ class MatrixScreen(ResultsScreen):
         ranks = result.intruder_ranks(k, eps)
         warning = ("\n[yellow]~ the base matrix looks random (Marchenko–Pastur): "
                    "its intruders mean little[/]") if result.base_random_like else ""
+        plural = "" if len(ranks) == 1 else "s"
+        where = f" at rank{plural} {', '.join(map(str, ranks))}" if ranks else ""
         info.update(
-            f"{title} {result.shape[0]}×{result.shape[1]} · [b]{len(ranks)}[/] intruders"
-            f"{' at ranks ' + ', '.join(map(str, ranks)) if ranks else ''} (k={k}, ε={eps:.2f}) · "
+            f"{title} {result.shape[0]}×{result.shape[1]} · [b]{len(ranks)}[/] intruder{plural}{where} "
+            f"(k={k}, ε={eps:.2f}) · "
             f"‖ΔW‖/‖W0‖ {result.delta_rel_norm:.3g} · eff. rank ΔW {result.delta_effective_rank:.1f} · "
             f"stable rank {result.stable_rank_base:.1f} → {result.stable_rank_tuned:.1f}{warning}"
         )

@@ -23,6 +23,7 @@ DEFAULT_LAMBDA = 0.75  # the paper: 0.7–0.9 costs little task accuracy and cut
 class MitigateScreen(ResultsScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("l", "focus_lambda", "Set λ"),
         Binding("w", "sweep", "λ sweep"),
         Binding("e", "export", "Export at λ"),
         Binding("o", "open_export", "Open export"),
@@ -129,6 +130,12 @@ class MitigateScreen(ResultsScreen):
                                           extra=[("mitigated σ", after)])
 
     # -- the λ sweep --------------------------------------------------------------------------
+    def action_focus_lambda(self) -> None:
+        """Enter (handled above) hands the keys back to the screen."""
+        lam = self.query_one("#lambda", Input)
+        lam.focus()
+        lam.select_all()
+
     def action_sweep(self) -> None:
         chosen = self._plan()
         if chosen is None:

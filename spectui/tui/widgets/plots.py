@@ -65,14 +65,25 @@ class SpectrumPlot(Plot):
         top = max(max(float(sigma[0]) for _, sigma in series), 1e-30)
         floor = top * 1e-12
         bottom = max(min(float(sigma[-1]) for _, sigma in series), floor)
-        # headroom on the log axis keeps the legend off the top σ; plotext takes log limits in log10
-        plt.ylim(math.log10(bottom / 1.5), math.log10(top * 20))
+        low, high = math.log10(bottom / 1.5), math.log10(top * 1.5)  # plotext takes log limits in log10
+        plt.ylim(low, high + self._legend_headroom(high - low, len(series) + bool(intruder_ranks)))
         for (label, sigma), color in zip(series, ("cyan", "magenta", "green", "yellow", "blue", "white")):
             plt.plot([max(float(s), floor) for s in sigma], label=label, color=color, marker="braille")
         if intruder_ranks:
             # plotext x positions start at 1 for plot(y); ranks are 0-based
             plt.scatter([r + 1 for r in intruder_ranks], [float(sigma_tuned[r]) for r in intruder_ranks],
                         label="intruder", color="red", marker="x")
+
+
+    # rows plotext spends outside the canvas: title, x ticks, x label and the frame
+    _MARGIN_ROWS = 5
+
+    def _legend_headroom(self, decades: float, legend_rows: int) -> float:
+        """Decades added above the data so that the legend (top left, one row per series) sits
+        above the largest σ at any height of the widget."""
+        canvas = max(self.size.height - self._MARGIN_ROWS, 1)
+        share = min((legend_rows + 0.5) / canvas, 0.75)
+        return decades * share / (1 - share)
 
 
 class TradeoffPlot(Plot):
