@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,3 +137,10 @@ def test_adapter_alone_finds_base_in_local_hub_cache(tiny, tmp_path, monkeypatch
     comparison = open_comparison(None, [str(adapter)])
     assert comparison.base.path == snapshot
     assert len(comparison.tuned[0].pairing.matrices) == 6
+
+
+def test_labels_name_run_outputs_by_their_run_and_tell_twins_apart():
+    from spectui.checkpoint.comparison import _labels
+
+    assert _labels([Path("/runs/lora-r1/output"), Path("/models/full")]) == ["lora-r1/output", "full"]
+    assert _labels([Path("/a/x/lora"), Path("/b/y/lora"), Path("/c/full")]) == ["x/lora", "y/lora", "c/full"]

@@ -52,8 +52,9 @@ class Comparison:
         source = open_model(locate(str(path)), self.base)
         if isinstance(source, AdaptedModel):
             self.warnings += source.adapter.warnings()
-        labels = _labels([m.path for m in self.tuned] + [source.path])
-        self.tuned.append(TunedModel(source, pair(self.base, source, include_embeddings), labels[-1]))
+        self.tuned.append(TunedModel(source, pair(self.base, source, include_embeddings), source.label))
+        for model, label in zip(self.tuned, _labels([m.path for m in self.tuned])):
+            model.label = label  # a newcomer may make an earlier label ambiguous
         return len(self.tuned) - 1
 
     def spec(self, name: str) -> MatrixSpec:
@@ -99,11 +100,19 @@ def open_comparison(base: str | None, tuned: list[str], include_embeddings: bool
     return Comparison(base_store, models, warnings)
 
 
+# Directory names that say nothing alone: `runs/<name>/output` reads better as `<name>/output`.
+GENERIC_NAMES = frozenset({"output", "outputs", "model", "adapter", "final", "merged"})
+
+
 def _labels(paths: list[Path]) -> list[str]:
-    """Directory names, lengthened with their parents where two would read the same."""
-    labels = [p.name for p in paths]
-    for depth in range(2, 5):
+    """Directory names, lengthened with their parents where the name is generic or two would read
+    the same."""
+
+    def label(path: Path, depth: int) -> str:
+        return "/".join(path.parts[-(depth + (path.name in GENERIC_NAMES)):])
+
+    for depth in range(1, 5):
+        labels = [label(p, depth) for p in paths]
         if len(set(labels)) == len(labels):
             break
-        labels = ["/".join(p.parts[-depth:]) for p in paths]
     return labels

@@ -216,3 +216,28 @@ async def test_a_run_of_another_base_is_not_opened_against_this_one(app, tmp_pat
         await pilot.pause()
         assert isinstance(app.screen, RunScreen) and len(app.inspector.labels) == 1
         assert any("not the inspected base" in n.message for n in app._notifications)
+
+
+async def test_runs_list_adds_a_finished_result_with_one_key_and_refuses_an_unfinished_one(app, tmp_path):
+    done = finished_run(tmp_path / "runs", "a-done")
+    shutil.copytree(samples_dir() / "lora", done.output_dir, dirs_exist_ok=True)
+    cancelled = finished_run(tmp_path / "runs", "b-cancelled")
+    cancelled.set_status(State.CANCELLED)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("R")
+        table = app.screen.query_one(RunTable)
+        await wait_until(pilot, lambda: table.row_count == 2, "both runs listed", 10)
+        names = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+
+        async def press_on(name: str, key: str) -> None:
+            table.move_cursor(row=names.index(name))
+            await pilot.press(key)
+
+        await press_on("b-cancelled", "a")
+        assert any("b-cancelled has no output: it is cancelled" in n.message for n in app._notifications)
+        await press_on("a-done", "a")
+        assert isinstance(app.screen, RunsScreen)
+        assert app.inspector.comparison.tuned[-1].path.resolve() == done.output_dir.resolve()
+        await press_on("a-done", "o")  # already there: shown, not added twice
+        assert isinstance(app.screen, OverviewScreen) and len(app.inspector.labels) == 2
+        assert app.model == 1

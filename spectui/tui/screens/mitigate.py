@@ -9,13 +9,14 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, RadioButton, RadioSet, Static
+from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, RadioSet, Static
 
 from spectui.checkpoint.pairing import short_name
 from spectui.defaults import DEFAULT_LAMBDAS, LAMBDA_RANGE, SCOPES
 from spectui.samples import samples_dir
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.plots import SpectrumPlot, TradeoffPlot
+from spectui.tui.widgets.toggles import Choice
 
 DEFAULT_LAMBDA = 0.75  # the paper: 0.7–0.9 costs little task accuracy and cuts forgetting
 
@@ -44,8 +45,8 @@ class MitigateScreen(ResultsScreen):
         with Horizontal(id="mitigate-controls"):
             yield Input(f"{self.lam:g}", id="lambda", type="number")
             with RadioSet(id="scope"):
-                yield RadioButton("top (paper)", value=True)
-                yield RadioButton("all (PEFT)")
+                yield Choice("top (paper)", value=True)
+                yield Choice("all (PEFT)")
             yield Input(str(data / "reference.txt"), id="text")
             yield Input(str(data / "task_eval.jsonl"), id="task")
         yield Static("", id="mitigate-summary")

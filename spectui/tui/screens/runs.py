@@ -26,6 +26,37 @@ def inspected_base(app: App) -> Path:
     return path if path.is_dir() else path.parent
 
 
+def open_output(app: App, run: Run) -> None:
+    """The run's output becomes the inspected tuned model; back to the overview."""
+    if _put_in_comparison(app, run):
+        while len(app.screen_stack) > 1:
+            app.pop_screen()
+
+
+def add_output(app: App, run: Run) -> None:
+    if _put_in_comparison(app, run):
+        app.notify(f"{run.name} is in the comparison; m switches models on the overview")
+
+
+def _put_in_comparison(app: App, run: Run) -> bool:
+    """Put a finished run's output in the inspector's comparison (once) and make it the model shown."""
+    if (state := run.status().state) is not State.DONE:
+        app.notify(f"{run.name} has no output: it is {state.value}", severity="warning")
+        return False
+    output = run.output_dir.resolve()
+    base, ours = Path(run.spec().base).resolve(), inspected_base(app).resolve()
+    if base != ours:
+        app.notify(f"{run.name} fine-tuned {base}, not the inspected base {ours}; open it "
+                   f"with: spectui {base} {output}", severity="error", timeout=15, markup=False)
+        return False
+    paths = [model.path.resolve() for model in app.inspector.comparison.tuned]
+    if output in paths:
+        app.model = paths.index(output)
+        return True
+    app.add_tuned_model(output)
+    return len(app.inspector.comparison.tuned) > len(paths)
+
+
 class ConfirmScreen(ModalScreen[bool]):
     """A yes/no question; y confirms, n or Escape declines."""
 
@@ -113,38 +144,25 @@ class RunScreen(Screen):
         self.app.call_from_thread(self.app.follow_runs, [self.run])
 
     def action_open_output(self) -> None:
-        if self._add_output():
-            while len(self.app.screen_stack) > 1:
-                self.app.pop_screen()
+        open_output(self.app, self.run)
 
     def action_add_output(self) -> None:
-        if self._add_output():
-            self.notify(f"{self.run.name} is in the comparison; m switches models on the overview")
-
-    def _add_output(self) -> bool:
-        """Put the run's output in the inspector's comparison (once) and make it the model shown."""
-        app, output = self.app, self.run.output_dir.resolve()
-        base, ours = Path(self.run.spec().base).resolve(), inspected_base(app).resolve()
-        if base != ours:
-            self.notify(f"{self.run.name} fine-tuned {base}, not the inspected base {ours}; open it "
-                        f"with: spectui {base} {output}", severity="error", timeout=15, markup=False)
-            return False
-        paths = [model.path.resolve() for model in app.inspector.comparison.tuned]
-        if output in paths:
-            app.model = paths.index(output)
-            return True
-        app.add_tuned_model(output)
-        return len(app.inspector.comparison.tuned) > len(paths)
+        add_output(self.app, self.run)
 
 
 class RunsScreen(Screen):
     """Every run under the runs folder with its state and latest figures, kept current."""
 
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    BINDINGS = [
+        Binding("o", "open_output", "Open result"),
+        Binding("a", "add_output", "Add to comparison"),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"Runs in {runs_root().resolve()} · Enter opens a run · r starts a new one",
+        yield Static(f"Runs in {runs_root().resolve()} · Enter opens a run · o opens its result · "
+                     "a adds it to the comparison · r starts a new one",
                      id="runs-title")
         yield RunTable(id="runs-table")
         yield Footer()
@@ -167,6 +185,20 @@ class RunsScreen(Screen):
 
     def _show(self, rows: list[RunRow]) -> None:
         self.query_one(RunTable).show(rows)
+
+    def _highlighted(self) -> Run | None:
+        table = self.query_one(RunTable)
+        if table.row_count == 0:
+            return None
+        return Run(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def action_open_output(self) -> None:
+        if run := self._highlighted():
+            open_output(self.app, run)
+
+    def action_add_output(self) -> None:
+        if run := self._highlighted():
+            add_output(self.app, run)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         run = Run(event.row_key.value)

@@ -19,6 +19,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from spectui.finetune.spec import TARGET_PRESETS, RunSpec, SpecError, field_kind, parse_field
 from spectui.tui.messages import SpecEdited
+from spectui.tui.widgets.toggles import Check
 
 FORM_FIELDS = (
     "method", "task", "base", "data", "rank", "alpha", "alpha_2r", "dropout", "target_modules",
@@ -92,7 +93,7 @@ class SpecForm(VerticalScroll):
         self.validate()
         self.editor(name).focus()
 
-    def editor(self, name: str) -> Input | Select | Checkbox:
+    def editor(self, name: str) -> Input | Select | Check:
         return self.query_one(f"#field-{name}")
 
     @on(Input.Changed)
@@ -144,7 +145,7 @@ class SpecForm(VerticalScroll):
             return Select([(choice, choice) for choice in metadata["choices"]], value=value,
                           allow_blank=False, **common)
         if field_kind(name) is bool:
-            return Checkbox(metadata["help"], value=value, **common)
+            return Check(metadata["help"], value=value, **common)
         return Input(_text(value), placeholder=PLACEHOLDERS.get(name, ""),
                      suggester=SUGGESTERS.get(name), **common)
 
