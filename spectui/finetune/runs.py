@@ -209,10 +209,15 @@ class Run:
         with (self.path / "command.txt").open("a", encoding="utf-8") as commands:
             commands.write(shlex.join(command) + "\n")
         with self.log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command, cwd=self.path, env=env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+            try:
+                process = subprocess.Popen(
+                    command, cwd=self.path, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as error:  # never left queued with no process behind it
+                message = f"could not start {command[0]}: {error.strerror or error}"
+                self.set_status(State.FAILED, message)
+                raise RunError(f"run {self.name}: {message}") from error
         (self.path / "pid").write_text(f"{process.pid} {_process_start(process.pid) or '-'}\n")
         return process
 

@@ -88,3 +88,14 @@ def test_cancel_stops_the_run_without_output(cli, tiny_base, text_data, tmp_path
     assert run.status() == RunStatus(State.CANCELLED, "stopped by SIGTERM")
     assert not run.output_dir.exists()
     assert cli("runs", "cancel", run.name, "--runs-dir", tmp_path) == 2
+
+
+def test_a_run_that_cannot_start_is_failed_not_queued(tiny_base, text_data, tmp_path, monkeypatch):
+    import spectui.finetune.runs as runs
+
+    monkeypatch.setattr(runs, "launch_command", lambda *_: [str(tmp_path / "no-such-python"), "-m", "x"])
+    run = create_run(spec(tiny_base, text_data, max_steps=2), tmp_path / "runs")
+    with pytest.raises(runs.RunError, match="could not start .*no-such-python"):
+        run.start()
+    status = run.status()
+    assert status.state is State.FAILED and "no-such-python" in status.message
