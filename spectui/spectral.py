@@ -6,8 +6,8 @@ W = U S Vᵀ, the j-th left singular vector u_j of W is an intruder iff max_i |u
 (k, ε) is answered later without a new decomposition.
 
 Speed: the left singular vectors and singular values come from the eigen-decomposition of the
-smaller Gram matrix (accumulated in float64), which is 2–5× cheaper than an SVD. The eigen-solve
-runs in float32 unless the Gram matrix is ill-conditioned, where it is redone in float64.
+smaller Gram matrix, which is 2–5× cheaper than an SVD. A base matrix is solved in float64; a
+tuned one in float32, its singular values redone in float64 where float32 cannot resolve them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE, TOP_VECTORS
 
-ALGORITHM_VERSION = 2
+ALGORITHM_VERSION = 3
 # Below this λ_min/λ_max float32 eigenvalues no longer resolve the smallest singular values.
 _FLOAT32_CONDITION_LIMIT = 1e-5
 # Kolmogorov–Smirnov distance to the Marchenko–Pastur law under which a spectrum looks random.
@@ -42,22 +42,20 @@ class Decomposition:
 
 def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
     """All singular values and the first `vectors` (default all) left singular vectors of W, via
-    the eigen-decomposition of the Gram matrix (accumulated in float64) of its short side.
+    the eigen-decomposition of the Gram matrix of its short side.
 
     All vectors (a base matrix, decomposed once and cached) are solved in float64: a float32
     solve would rotate the small-σ vectors within their clusters. The top vectors alone (a tuned
     matrix) are well determined in float32; its singular values are redone in float64 only when
     the float32 ones cannot resolve the smallest."""
     m, n = w.shape
-    w64 = w.to(torch.float64)
-    gram = w64 @ w64.T if m <= n else w64.T @ w64
     if vectors is None:
-        lam, vecs = torch.linalg.eigh(gram)
+        lam, vecs = torch.linalg.eigh(_gram(w.to(torch.float64)))
     else:
-        lam, vecs = torch.linalg.eigh(gram.to(torch.float32))
+        lam, vecs = torch.linalg.eigh(_gram(w.to(torch.float32)))
         lam = lam.to(torch.float64)
         if lam[-1] > 0 and lam[0] / lam[-1] < _FLOAT32_CONDITION_LIMIT:
-            lam = torch.linalg.eigvalsh(gram)
+            lam = torch.linalg.eigvalsh(_gram(w.to(torch.float64)))
     sigma = lam.flip(0).clamp_min(0).sqrt()
     vecs = vecs.flip(1)[:, :vectors]
     # for m > n, vecs are right singular vectors: u_i = W v_i / σ_i, re-orthonormalised (QR) so
@@ -74,12 +72,15 @@ def _orthonormal_columns(y: torch.Tensor) -> torch.Tensor:
     return q * signs
 
 
+def _gram(w: torch.Tensor) -> torch.Tensor:
+    """W Wᵀ or Wᵀ W, whichever is smaller: its eigenvalues are the squared singular values."""
+    m, n = w.shape
+    return w @ w.T if m <= n else w.T @ w
+
+
 def singular_values(w: torch.Tensor) -> torch.Tensor:
     """All singular values, descending; float64 so the tail of a low-rank ΔW stays near zero."""
-    w64 = w.to(torch.float64)
-    m, n = w.shape
-    gram = w64 @ w64.T if m <= n else w64.T @ w64
-    return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0).cpu()
+    return torch.linalg.eigvalsh(_gram(w.to(torch.float64))).clamp_min(0).sqrt().flip(0).cpu()
 
 
 def low_rank_singular_values(b: torch.Tensor, a: torch.Tensor, size: int) -> torch.Tensor:
