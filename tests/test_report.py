@@ -87,6 +87,8 @@ def test_html_is_self_contained(written):
     page = (written[0] / "report.html").read_text()
     assert "<script" not in page and "<link" not in page
     assert not re.findall(r"""(?:src|href)=(?!["']?(?:data:|#))""", page)  # only inline data and in-page ids
+    ids = re.findall(r'\sid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "inlined figures must not share element ids"
 
 
 def test_markdown_matches_the_json(written):

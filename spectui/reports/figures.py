@@ -2,12 +2,14 @@
 
 Figures are made with `matplotlib.figure.Figure` (no pyplot, so no global state or GUI backend) and are
 byte-for-byte reproducible: no date in the metadata, and ids hashed with a salt per figure, which also
-keeps the ids of several SVGs inlined in one page apart. Text stays text (`svg.fonttype: none`).
+keeps the ids of several SVGs inlined in one page apart (matplotlib's numbered group ids, which nothing
+refers to, get the figure's name as a prefix). Text stays text (`svg.fonttype: none`).
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 
 import matplotlib
@@ -128,4 +130,8 @@ def _svg(fig: Figure, salt: str) -> str:
     with matplotlib.rc_context({"svg.hashsalt": f"spectui-{salt}"}):
         fig.savefig(out, format="svg", metadata={"Date": None})
     text = out.getvalue()
-    return text[text.index("<svg"):]
+    prefix = re.sub(r"[^\w-]", "-", salt)
+    return _GROUP_ID.sub(rf'id="{prefix}-\1"', text[text.index("<svg"):])
+
+
+_GROUP_ID = re.compile(r'id="([A-Za-z][\w.]*_\d+)"')  # figure_1, axes_1, PathCollection_2, ...
