@@ -7,6 +7,7 @@ from pathlib import Path
 
 from textual import work
 from textual.app import App
+from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.worker import get_current_worker
@@ -61,6 +62,13 @@ class SpectuiApp(App):
         self.set_reactive(SpectuiApp.epsilon, epsilon)
         ranks = [min(spec.shape) for m in inspector.comparison.tuned for spec in m.pairing.matrices]
         self.k_max = min(TOP_VECTORS, max(ranks, default=DEFAULT_K))
+
+    def push_screen(self, screen, *args, **kwargs):
+        """Keys typed after `q` but read before the app closes (a paste, a fast typist) must not
+        open screens on an app that is tearing down."""
+        if getattr(self, "_exit", False):
+            return AwaitComplete()
+        return super().push_screen(screen, *args, **kwargs)
 
     def get_default_screen(self) -> OverviewScreen:
         return OverviewScreen(self.inspector)

@@ -248,3 +248,15 @@ async def test_mitigate_view_previews_sweeps_exports_and_opens(make_app, tmp_pat
         await wait_for_scan(pilot)
         before = app.inspector.total(0, 10, 0.5)
         assert app.inspector.total(app.model, 10, 0.5) < before
+
+
+async def test_keys_typed_after_quit_do_not_open_screens_on_a_closing_app(make_app):
+    from textual import events
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_scan(pilot)
+        for key in ("q", "s", "c", "r", "R", "t", "question_mark"):  # read in one go, as from a paste
+            app._driver.send_message(events.Key(key, None))
+        await pilot.pause(0.5)
+    assert app._exception is None and app.return_code == 0

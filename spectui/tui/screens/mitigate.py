@@ -111,7 +111,7 @@ class MitigateScreen(ResultsScreen):
         summary.update(
             f"[b]{label}[/]: λ={self.lam:g}, scope {self.scope} → {chosen.intruders} intruders in "
             f"{len(chosen.matrices)} matrices scaled (k={app.k}, ε={app.epsilon:.2f}) · "
-            "w sweeps λ with the forgetting probe · e exports"
+            "l sets λ · w sweeps λ with the forgetting probe · e exports"
         )
         self._preview(chosen)
 
