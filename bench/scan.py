@@ -56,7 +56,9 @@ def spectui_scan(base: str, tuned: str, cache: str | None) -> dict[str, list[int
 
 def child(mode: str, base: str, tuned: str, cache: str | None) -> None:
     """Runs in a subprocess: time one scan, report flags, seconds and peak RSS as JSON. Imports
-    come first, outside the timing: both methods pay the same ~1 s for torch."""
+    come first, outside the timing: both methods pay the same ~1 s for torch (and spectui 0.15 s more for
+SciPy, which a scan's worker imports in the background)."""
+    import scipy.linalg  # noqa: F401 — spectui's CPU eigen-solvers
     import torch  # noqa: F401
 
     import spectui.cache

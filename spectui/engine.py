@@ -93,6 +93,16 @@ def _yield_to_interactive_threads() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICENESS)
 
 
+def _limit_lapack_threads(threads: int) -> None:
+    """SciPy's OpenBLAS runs each call on every core; with one call per worker at a time that
+    oversubscribes them (measured 1.5–1.9× slower on 2 cores). The limit is process-wide, as
+    OpenBLAS allows, and reaches only libraries already loaded: hence the import."""
+    import scipy.linalg  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 def default_workers(device: torch.device) -> int:
     """On the CPU two single-threaded solves beat one two-threaded one (LAPACK's eigen-solvers scale
     poorly); on a GPU one worker keeps it busy while the next matrix is read."""
@@ -140,6 +150,8 @@ class Scan:
     def start(self) -> Scan:
         self._started_at = time.monotonic()
         threads_each = max(1, (os.cpu_count() or 1) // self.workers) if self.device.type == "cpu" else 1
+        if self.device.type == "cpu":
+            _limit_lapack_threads(threads_each)
         self._live = self.workers
         for i in range(self.workers):
             threading.Thread(target=self._work, args=(threads_each,), daemon=True, name=f"spectui-scan-{i}").start()

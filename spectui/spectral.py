@@ -5,9 +5,8 @@ W = U S Vᵀ, the j-th left singular vector u_j of W is an intruder iff max_i |u
 *all* left singular vectors of W0, for j among the top k. We keep max|cos| for every u_j, so any
 (k, ε) is answered later without a new decomposition.
 
-Speed: the left singular vectors and singular values come from the eigen-decomposition of the
-smaller Gram matrix, which is 2–5× cheaper than an SVD. A base matrix is solved in float64; a
-tuned one in float32, its singular values redone in float64 where float32 cannot resolve them.
+Speed: singular values and left singular vectors come from the eigen-decomposition of the smaller
+Gram matrix, 2–5× cheaper than an SVD; for a tuned matrix only its top vectors are computed.
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from spectui import eigen
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE, TOP_VECTORS
 
-ALGORITHM_VERSION = 3
-# Below this λ_min/λ_max float32 eigenvalues no longer resolve the smallest singular values.
-_FLOAT32_CONDITION_LIMIT = 1e-5
+ALGORITHM_VERSION = 4
 # Kolmogorov–Smirnov distance to the Marchenko–Pastur law under which a spectrum looks random.
 # Random matrices sit far closer than i.i.d. samples would (their eigenvalues are rigid): measured
 # 0.02 at 128×344, while the least structured trained matrix of the bundled base is at 0.07. Small
@@ -42,45 +40,45 @@ class Decomposition:
 
 def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
     """All singular values and the first `vectors` (default all) left singular vectors of W, via
-    the eigen-decomposition of the Gram matrix of its short side.
-
-    All vectors (a base matrix, decomposed once and cached) are solved in float64: a float32
-    solve would rotate the small-σ vectors within their clusters. The top vectors alone (a tuned
-    matrix) are well determined in float32; its singular values are redone in float64 only when
-    the float32 ones cannot resolve the smallest."""
+    the eigen-decomposition of the Gram matrix of its short side, in float64: a float32 solve would
+    rotate the small-σ vectors within their clusters and blur the smallest singular values. A base
+    matrix (decomposed once, cached) needs every vector; a tuned one only its top vectors, which
+    `eigen.eigh_top` finds for little more than the cost of the eigenvalues."""
     m, n = w.shape
+    w64 = w.to(torch.float64)
     if vectors is None:
-        lam, vecs = torch.linalg.eigh(_gram(w.to(torch.float64)))
+        lam, vecs = eigen.eigh(eigen.gram(w64))
     else:
-        lam, vecs = torch.linalg.eigh(_gram(w.to(torch.float32)))
-        lam = lam.to(torch.float64)
-        if lam[-1] > 0 and lam[0] / lam[-1] < _FLOAT32_CONDITION_LIMIT:
-            lam = torch.linalg.eigvalsh(_gram(w.to(torch.float64)))
+        lam, vecs = eigen.eigh_top(eigen.gram(w64), min(vectors, m, n))
     sigma = lam.flip(0).clamp_min(0).sqrt()
-    vecs = vecs.flip(1)[:, :vectors]
-    # for m > n, vecs are right singular vectors: u_i = W v_i / σ_i, re-orthonormalised (QR) so
-    # that tiny σ_i cannot spoil them
-    u = vecs if m <= n else _orthonormal_columns(w.to(vecs.dtype) @ vecs)
+    vecs = vecs.flip(1).to(w.device)
+    u = vecs if m <= n else _left_from_right(w64, vecs, sigma[: vecs.shape[1]].to(w.device))
     return Decomposition(sigma=sigma.cpu(), u=u.to(torch.float32))
 
 
-def _orthonormal_columns(y: torch.Tensor) -> torch.Tensor:
-    """QR keeps the span of each leading set of columns, so well-determined vectors stay put."""
-    q, r = torch.linalg.qr(y)
+# Above this σ_i/σ_max, u_i = W v_i / σ_i is orthonormal to ~1e-16 (σ_max/σ_i)² ≤ 1e-6 as it stands.
+_ORTHONORMAL_FLOOR = 1e-5
+
+
+def _left_from_right(w: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Left singular vectors u_i = W v_i / σ_i of a tall W from its right ones. Those of tiny σ_i
+    would be spoilt by rounding: they are re-orthonormalised against the rest, in order (QR keeps
+    the span of each leading set of columns)."""
+    y = w @ v
+    head = int((sigma > _ORTHONORMAL_FLOOR * sigma[0]).sum()) if sigma[0] > 0 else 0
+    u = y[:, :head] / sigma[:head]
+    if head == y.shape[1]:
+        return u
+    tail = y[:, head:] - u @ (u.T @ y[:, head:])
+    q, r = torch.linalg.qr(tail)
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
-    return q * signs
-
-
-def _gram(w: torch.Tensor) -> torch.Tensor:
-    """W Wᵀ or Wᵀ W, whichever is smaller: its eigenvalues are the squared singular values."""
-    m, n = w.shape
-    return w @ w.T if m <= n else w.T @ w
+    return torch.cat([u, q * signs], dim=1)
 
 
 def singular_values(w: torch.Tensor) -> torch.Tensor:
     """All singular values, descending; float64 so the tail of a low-rank ΔW stays near zero."""
-    return torch.linalg.eigvalsh(_gram(w.to(torch.float64))).clamp_min(0).sqrt().flip(0).cpu()
+    return eigen.eigvalsh(eigen.gram(w)).clamp_min(0).sqrt().flip(0).cpu()
 
 
 def low_rank_singular_values(b: torch.Tensor, a: torch.Tensor, size: int) -> torch.Tensor:

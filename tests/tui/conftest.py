@@ -2,7 +2,7 @@ import pytest
 
 from spectui.checkpoint.comparison import open_comparison
 from spectui.samples import sample_comparison
-from spectui.tui.app import SpectuiApp
+from spectui.tui.app import REFRESH_SECONDS, SpectuiApp
 from spectui.tui.inspector import Inspector
 
 
@@ -26,4 +26,4 @@ async def wait_for_scan(pilot, timeout: float = 60.0) -> None:
         await pilot.pause(0.1)
         waited += 0.1
         assert waited < timeout, "scan did not finish"
-    await pilot.pause(0.4)  # the batched refresh
+    await pilot.pause(2 * REFRESH_SECONDS)  # the batched refresh

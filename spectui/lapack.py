@@ -1,0 +1,116 @@
+"""The few LAPACK and BLAS routines the eigen-solvers need, called without holding the GIL.
+
+SciPy's own wrappers (`scipy.linalg.lapack`) keep the GIL for the whole call, so scan workers on
+threads would take turns (measured: two threads, twice the time). SciPy also exports every routine
+as a C function pointer for Cython (`scipy.linalg.cython_lapack`, a public API, the route numba
+takes); ctypes calls those with the GIL released. Arrays are column-major float64, as LAPACK wants.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+import numpy as np
+
+_p = ctypes.POINTER
+_int, _double, _char = _p(ctypes.c_int), _p(ctypes.c_double), ctypes.c_char_p
+_SIGNATURES = {  # argument types, in the order of the Fortran routines
+    "dsyrk": (_char, _char, _int, _int, _double, _double, _int, _double, _double, _int),
+    "dsytrd": (_char, _int, _double, _int, _double, _double, _double, _double, _int, _int),
+    "dsterf": (_int, _double, _double, _int),
+    "dstein": (_int, _double, _double, _int, _double, _int, _int, _double, _int, _double, _int, _int, _int),
+    "dormqr": (_char, _char, _int, _int, _int, _double, _int, _double, _double, _int, _double, _int, _int),
+    "dsyevd": (_char, _char, _int, _double, _int, _double, _double, _int, _int, _int, _int),
+}
+
+
+@cache
+def _routine(name: str):
+    from scipy.linalg import cython_blas, cython_lapack
+
+    capsule = (cython_blas if name == "dsyrk" else cython_lapack).__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    address = get_pointer(capsule, get_name(capsule))
+    return ctypes.CFUNCTYPE(None, *_SIGNATURES[name])(address)  # CFUNCTYPE: the GIL is released
+
+
+def _i(value: int):
+    return ctypes.byref(ctypes.c_int(value))
+
+
+def _d(array: np.ndarray):
+    return array.ctypes.data_as(_double)
+
+
+def _call(name: str, *args) -> None:
+    info = ctypes.c_int(0)
+    _routine(name)(*args, ctypes.byref(info))
+    if info.value != 0:
+        raise np.linalg.LinAlgError(f"LAPACK {name} failed (info={info.value})")
+
+
+def gram_lower(w: np.ndarray) -> np.ndarray:
+    """The smaller of W Wᵀ and Wᵀ W for a row-major W, lower triangle only (BLAS dsyrk: half the
+    work of a product), column-major."""
+    m, n = w.shape
+    a = np.ascontiguousarray(w, dtype=np.float64)  # row-major W is column-major Wᵀ (n × m, lda n)
+    size, depth, trans = (m, n, b"T") if m <= n else (n, m, b"N")
+    out = np.zeros((size, size), order="F")
+    _routine("dsyrk")(b"L", trans, _i(size), _i(depth), ctypes.byref(ctypes.c_double(1.0)), _d(a), _i(n),
+                      ctypes.byref(ctypes.c_double(0.0)), _d(out), _i(size))
+    return out
+
+
+def syevd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenvalues (ascending) and eigenvectors of a symmetric matrix given by its lower
+    triangle; `a` (column-major) is overwritten with the eigenvectors."""
+    n = a.shape[0]
+    lam = np.empty(n)
+    work, iwork = np.empty(1 + 6 * n + 2 * n * n), np.empty(3 + 5 * n, dtype=np.int32)
+    _call("dsyevd", b"V", b"L", _i(n), _d(a), _i(n), _d(lam), _d(work), _i(work.size),
+          iwork.ctypes.data_as(_int), _i(iwork.size))
+    return lam, a
+
+
+def sytrd(a: np.ndarray, block: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reduce a symmetric matrix (lower triangle, column-major, overwritten by the reflectors) to
+    tridiagonal form: returns its diagonal, off-diagonal and the reflectors' scalars."""
+    n = a.shape[0]
+    d, e, tau, work = np.empty(n), np.empty(max(n - 1, 1)), np.empty(max(n - 1, 1)), np.empty(max(1, block * n))
+    _call("dsytrd", b"L", _i(n), _d(a), _i(n), _d(d), _d(e), _d(tau), _d(work), _i(work.size))
+    return d, e[: n - 1], tau[: n - 1]
+
+
+def sterf(d: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """All eigenvalues (ascending) of a symmetric tridiagonal matrix."""
+    lam, off = d.copy(), np.append(e, 0.0)  # dsterf overwrites both
+    _call("dsterf", _i(len(d)), _d(lam), _d(off))
+    return lam
+
+
+def stein(d: np.ndarray, e: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvectors (columns) of an unreduced symmetric tridiagonal matrix for the given ascending
+    eigenvalues, by inverse iteration."""
+    n, count = len(d), len(eigenvalues)
+    blocks, splits = np.ones(count, dtype=np.int32), np.zeros(n, dtype=np.int32)
+    splits[0] = n
+    z = np.zeros((n, count), order="F")
+    work, iwork, failed = np.empty(5 * n), np.empty(n, dtype=np.int32), np.empty(count, dtype=np.int32)
+    _call("dstein", _i(n), _d(np.ascontiguousarray(d)), _d(np.append(e, 0.0)), _i(count),
+          _d(np.ascontiguousarray(eigenvalues)), blocks.ctypes.data_as(_int), splits.ctypes.data_as(_int),
+          _d(z), _i(n), _d(work), iwork.ctypes.data_as(_int), failed.ctypes.data_as(_int))
+    return z
+
+
+def apply_reflectors(a: np.ndarray, tau: np.ndarray, c: np.ndarray, block: int = 64) -> np.ndarray:
+    """Q c for the Q = H(1)…H(k) whose reflectors sit below the diagonal of `a` (column-major, as
+    QR factorisations and dsytrd leave them); `c` (column-major) is overwritten."""
+    rows, cols = c.shape
+    work = np.empty(max(1, block * cols))
+    _call("dormqr", b"L", b"N", _i(rows), _i(cols), _i(len(tau)), _d(a), _i(a.strides[1] // 8), _d(tau),
+          _d(c), _i(rows), _d(work), _i(work.size))
+    return c

@@ -1,0 +1,63 @@
+"""The LAPACK path of the Gram eigen-solvers against numpy's full solver, where shortcuts go wrong:
+decaying and clustered spectra, a matrix that splits into blocks, a rank-deficient one."""
+
+import numpy as np
+import pytest
+import torch
+
+from spectui import eigen
+
+N, COUNT = 300, 64
+
+
+def gram_with(eigenvalues: np.ndarray, seed: int = 0) -> torch.Tensor:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((len(eigenvalues),) * 2))
+    g = (q * eigenvalues) @ q.T
+    return torch.from_numpy((g + g.T) / 2)
+
+
+SPECTRA = {
+    "decaying": np.logspace(0, -8, N),  # ill-conditioned, like trained weights
+    "clustered": np.concatenate([np.linspace(1, 0.999, 80), np.full(N - 80, 1e-3)]),
+    "rank-deficient": np.concatenate([np.logspace(0, -2, 100), np.zeros(N - 100)]),
+}
+
+
+def assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, count):
+    np.testing.assert_allclose(lam.numpy(), reference_lam, rtol=1e-9, atol=1e-12 * reference_lam[-1])
+    assert vecs.shape == (len(reference_lam), count)
+    np.testing.assert_allclose(vecs.T @ vecs, np.eye(count), atol=1e-10)
+    # each vector spans the same eigenspace as the reference's (signs and rotations within exact
+    # ties are arbitrary): its residual against the Gram matrix is at rounding level
+    cos = np.abs(np.sum(vecs.numpy() * reference_vecs[:, -count:], axis=0))
+    gaps = np.diff(reference_lam[-count - 1:])  # below each of the top values, then above
+    isolated = (gaps > 1e-9 * reference_lam[-1]) & (np.append(gaps[1:], np.inf) > 1e-9 * reference_lam[-1])
+    assert isolated.any() and cos[isolated].min() > 1 - 1e-9
+
+
+@pytest.mark.parametrize("kind", SPECTRA)
+def test_top_vectors_and_all_values_match_a_full_solve(kind):
+    g = gram_with(SPECTRA[kind])
+    reference_lam, reference_vecs = np.linalg.eigh(g.numpy())
+    lam, vecs = eigen.eigh_top(g.clone(), COUNT)
+    assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, COUNT)
+    np.testing.assert_allclose((g.numpy() @ vecs.numpy()) / lam.numpy()[-COUNT:], vecs.numpy(), atol=1e-8)
+    np.testing.assert_allclose(eigen.eigvalsh(g.clone()).numpy(), reference_lam, rtol=1e-9,
+                               atol=1e-12 * reference_lam[-1])
+
+
+def test_a_matrix_that_splits_into_blocks_is_solved_in_full():
+    a, b = gram_with(np.logspace(0, -3, N // 2), 1).numpy(), gram_with(np.logspace(0.5, -2, N // 2), 2).numpy()
+    g = torch.from_numpy(np.block([[a, np.zeros_like(a)], [np.zeros_like(b), b]]))
+    reference_lam, reference_vecs = np.linalg.eigh(g.numpy())
+    lam, vecs = eigen.eigh_top(g.clone(), COUNT)
+    assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, COUNT)
+
+
+def test_the_input_is_not_overwritten():
+    g = gram_with(SPECTRA["decaying"])
+    before = g.clone()
+    eigen.eigh_top(g, COUNT)
+    eigen.eigh(g)
+    eigen.eigvalsh(g)
+    assert torch.equal(g, before)
