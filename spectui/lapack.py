@@ -34,8 +34,17 @@ def _routine(name: str):
     get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
     get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
     get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    address = get_pointer(capsule, get_name(capsule))
-    return ctypes.CFUNCTYPE(None, *_SIGNATURES[name])(address)  # CFUNCTYPE: the GIL is released
+    declared = get_name(capsule)
+    if _parse(declared.decode()) != _SIGNATURES[name]:  # a SciPy built otherwise (64-bit integers, say)
+        raise RuntimeError(f"SciPy's {name} is declared as {declared.decode()!r}, not as spectui expects")
+    return ctypes.CFUNCTYPE(None, *_SIGNATURES[name])(get_pointer(capsule, declared))  # releases the GIL
+
+
+def _parse(declaration: str) -> tuple:
+    """The ctypes argument types of a Cython C declaration such as 'void (char *, int *, …_d *)'."""
+    kinds = {"char *": _char, "int *": _int}
+    arguments = declaration.removeprefix("void (").removesuffix(")").split(", ")
+    return tuple(_double if a.endswith("_d *") else kinds.get(a) for a in arguments)
 
 
 def _i(value: int):

@@ -61,3 +61,15 @@ def test_the_input_is_not_overwritten():
     eigen.eigh(g)
     eigen.eigvalsh(g)
     assert torch.equal(g, before)
+
+
+def test_a_scipy_whose_lapack_is_declared_otherwise_is_refused(monkeypatch):
+    from spectui import lapack
+
+    lapack._routine.cache_clear()
+    monkeypatch.setitem(lapack._SIGNATURES, "dsterf", (lapack._int, lapack._double, lapack._double))
+    try:
+        with pytest.raises(RuntimeError, match="dsterf is declared as"):
+            lapack._routine("dsterf")
+    finally:
+        lapack._routine.cache_clear()
