@@ -49,23 +49,29 @@ def eigh_top(gram: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor
     """Every eigenvalue, and the eigenvectors of the `count` largest (columns, ascending like the
     eigenvalues)."""
     n = gram.shape[0]
-    if gram.device.type != "cpu" or 2 * count >= n:  # most vectors wanted: the full solver is as fast
-        lam, vecs = eigh(gram)
-        return lam, vecs[:, n - count:]
-    reflectors = _lapack_copy(gram)
-    d, e, tau = lapack.sytrd(reflectors)
-    lam = lapack.sterf(d, e)
+    if gram.device.type == "cpu" and 2 * count < n:  # when most vectors are wanted, the full solver is as fast
+        reflectors = _lapack_copy(gram)
+        d, e, tau = lapack.sytrd(reflectors)
+        lam = lapack.sterf(d, e)
+        z = _top_tridiagonal_vectors(d, e, lam[n - count:])
+        if z is not None:
+            # Q = diag(1, Q'), Q' being the orthogonal factor whose reflectors dsytrd left below
+            # the diagonal of reflectors[1:, :n-1]
+            rest = lapack.apply_reflectors(reflectors[1:, : n - 1], tau, np.asfortranarray(z[1:]))
+            return torch.from_numpy(lam), torch.from_numpy(np.vstack([z[:1], rest]))
+    lam, vecs = eigh(gram)
+    return lam, vecs[:, n - count:]
+
+
+def _top_tridiagonal_vectors(d: np.ndarray, e: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray | None:
+    """Inverse iteration's eigenvectors, or None where it does not serve: a matrix that splits into
+    blocks (dstein would have to be told them), or a vector that did not converge."""
+    if not e.all():
+        return None
     try:
-        if not e.all():  # the matrix splits into blocks, which inverse iteration would have to be told
-            raise np.linalg.LinAlgError("split tridiagonal matrix")
-        z = lapack.stein(d, e, lam[n - count:])
-    except np.linalg.LinAlgError:  # or inverse iteration did not converge: solve in full
-        _, vecs = eigh(gram)
-        return torch.from_numpy(lam), vecs[:, n - count:]
-    # Q = diag(1, Q'), Q' being the orthogonal factor whose reflectors dsytrd left below the
-    # diagonal of reflectors[1:, :n-1]
-    rest = lapack.apply_reflectors(reflectors[1:, : n - 1], tau, np.asfortranarray(z[1:]))
-    return torch.from_numpy(lam), torch.from_numpy(np.vstack([z[:1], rest]))
+        return lapack.stein(d, e, eigenvalues)
+    except np.linalg.LinAlgError:
+        return None
 
 
 def _lapack_copy(gram: torch.Tensor) -> np.ndarray:

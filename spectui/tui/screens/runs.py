@@ -187,10 +187,8 @@ class RunsScreen(Screen):
         self.query_one(RunTable).show(rows)
 
     def _highlighted(self) -> Run | None:
-        table = self.query_one(RunTable)
-        if table.row_count == 0:
-            return None
-        return Run(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        path = self.query_one(RunTable).highlighted()
+        return Run(path) if path else None
 
     def action_open_output(self) -> None:
         if run := self._highlighted():

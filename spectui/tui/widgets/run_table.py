@@ -57,11 +57,14 @@ class RunTable(DataTable):
         if rows == self._shown:
             return
         self._shown = rows
-        selected = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value \
-            if self.row_count else None
+        selected = self.highlighted()
         self.clear()
         for row in rows:
             self.add_row(*row.cells, key=row.key)
         keys = [row.key for row in rows]
         if selected in keys:
             self.move_cursor(row=keys.index(selected))
+
+    def highlighted(self) -> str | None:
+        """The directory of the run under the cursor (the row key)."""
+        return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value if self.row_count else None
