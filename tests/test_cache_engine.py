@@ -1,5 +1,6 @@
 """The on-disk cache and the scan engine: reuse, damage, priorities, cancellation, sharing."""
 
+import os
 import threading
 
 import numpy as np
@@ -103,3 +104,34 @@ def test_progress_and_eta(tiny):
     scan = run(tiny, Cache(None), "full")
     assert scan.done == scan.total == 14 and scan.finished
     assert scan.eta() == pytest.approx(0.0)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a POSIX feature")
+def test_workers_run_below_the_interactive_threads(tiny):
+    priorities = []
+
+    def on_event(event):
+        if isinstance(event, MatrixDone):  # sent from the worker thread that computed it
+            priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / "lora")])
+    Scan(comparison, Cache(None), device="cpu", on_event=on_event).run()
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert priorities and all(p >= min(ours + engine.WORKER_NICENESS, 19) for p in priorities)
+
+
+def test_free_heap_is_handed_back_once_resident_memory_has_grown_by_the_slack(monkeypatch):
+    resident, trims = [100 << 20], []
+    monkeypatch.setattr(engine, "_resident_bytes", lambda: resident[0])
+    heap = engine._HeapTrimmer()
+    heap._malloc_trim = lambda pad: trims.append(pad) or resident.__setitem__(0, 120 << 20)
+    heap.after_matrix()  # the first matrix sets the ceiling
+    resident[0] = (100 << 20) + heap.SLACK
+    heap.after_matrix()
+    assert trims == []
+    resident[0] += 1
+    heap.after_matrix()
+    assert trims == [0]
+    resident[0] = (120 << 20) + heap.SLACK  # the new ceiling counts from what the trim left
+    heap.after_matrix()
+    assert trims == [0]
