@@ -34,6 +34,7 @@ from spectui.finetune.spec import RunSpec, load_spec, save_spec
 
 ROOT_ENV = "SPECTUI_RUNS_DIR"
 RUNNER_MODULE = "spectui.finetune.runner"
+SUPERVISOR_MODULE = "spectui.finetune.supervisor"
 _STEP_DIR = re.compile(r"step-(\d+)")
 _HAS_PROC = Path("/proc/self/stat").exists()
 INTERRUPTED_MESSAGE = ("the training process stopped without recording a result; resume "
@@ -279,16 +280,17 @@ def find_run(name: str, root: str | Path | None = None) -> Run:
 
 
 def launch_command(spec: RunSpec, run_dir: Path, gpus: int) -> list[str]:
-    """The training process's command: `accelerate launch` when the spec names an accelerate
-    config or several GPUs are visible, a plain `python -m` otherwise."""
+    """The training process's command: `accelerate launch` (under a supervisor that records how
+    it ended) when the spec names an accelerate config or several GPUs are visible, a plain
+    `python -m` otherwise."""
     if spec.accelerate_config:
         options = ["--config_file", spec.accelerate_config]
     elif gpus > 1:
         options = ["--multi_gpu", "--num_processes", str(gpus)]
     else:
         return [sys.executable, "-m", RUNNER_MODULE, str(run_dir)]
-    return [sys.executable, "-m", "accelerate.commands.launch", *options,
-            "--module", RUNNER_MODULE, str(run_dir)]
+    return [sys.executable, "-m", SUPERVISOR_MODULE, str(run_dir),
+            sys.executable, "-m", "accelerate.commands.launch", *options, "--module", RUNNER_MODULE, str(run_dir)]
 
 
 def visible_gpu_count(spec: RunSpec) -> int:

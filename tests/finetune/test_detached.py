@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,3 +100,51 @@ def test_a_run_that_cannot_start_is_failed_not_queued(tiny_base, text_data, tmp_
         run.start()
     status = run.status()
     assert status.state is State.FAILED and "no-such-python" in status.message
+
+
+ACCELERATE_ON_CPU = "distributed_type: 'NO'\nnum_processes: 1\nuse_cpu: true\nmixed_precision: 'no'\n"
+
+
+def test_a_run_through_accelerate_launch_trains_to_the_end(tiny_base, text_data, tmp_path):
+    config = tmp_path / "cpu.yaml"
+    config.write_text(ACCELERATE_ON_CPU)
+    run = create_run(spec(tiny_base, text_data, max_steps=20, accelerate_config=str(config)), tmp_path / "runs")
+    assert run.start().wait(timeout=120) == 0, run.log_tail(20)
+    assert run.status().state is State.DONE
+    assert (run.output_dir / "adapter_model.safetensors").is_file()
+    assert "accelerate.commands.launch" in (run.path / "command.txt").read_text()
+
+
+def test_an_accelerate_launch_that_fails_before_training_reads_failed(tiny_base, text_data, tmp_path):
+    """Before, the run stayed queued with no process, read "interrupted", and offered a resume."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("distributed_type: NOPE\n")
+    run = create_run(spec(tiny_base, text_data, max_steps=20, accelerate_config=str(config)), tmp_path / "runs")
+    assert run.start().wait(timeout=60) == 1
+    assert run.status() == RunStatus(State.FAILED, "accelerate launch exited with status 1 before training finished")
+    assert "NOPE" in run.log_path.read_text()  # the launcher's own reason
+
+
+def supervise(run: Run, child: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "spectui.finetune.supervisor", str(run.path),
+                             sys.executable, "-c", child], start_new_session=True)
+
+
+def test_a_rank_the_launcher_stopped_reads_failed_not_cancelled(tiny_base, text_data, tmp_path):
+    """One rank fails; the launcher sends SIGTERM to the others, so the first records "cancelled"
+    and the launcher exits 1. Without a cancel of its own, the supervisor knows better."""
+    run = create_run(spec(tiny_base, text_data), tmp_path)
+    first_rank = (f"from spectui.finetune.runs import Run, State; "
+                  f"Run({str(run.path)!r}).set_status(State.CANCELLED, 'stopped by SIGTERM'); raise SystemExit(1)")
+    assert supervise(run, first_rank).wait(timeout=30) == 1
+    assert run.status() == RunStatus(State.FAILED, "accelerate launch exited with status 1 before training finished")
+
+
+def test_a_cancel_reaches_the_supervisor_and_reads_cancelled(tiny_base, text_data, tmp_path):
+    run = create_run(spec(tiny_base, text_data), tmp_path)
+    started = tmp_path / "started"
+    process = supervise(run, f"import pathlib, time; pathlib.Path({str(started)!r}).touch(); time.sleep(60)")
+    wait_for(started.exists, "the launched process", 30)
+    os.killpg(process.pid, signal.SIGTERM)  # what `spectui runs cancel` sends
+    assert process.wait(timeout=30) == 128 + signal.SIGTERM
+    assert run.status() == RunStatus(State.CANCELLED, "stopped by SIGTERM")

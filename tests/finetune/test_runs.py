@@ -155,7 +155,8 @@ def test_cancel_and_resume_of_unknown_run_exit_2(cli, capsys, tmp_path):
 def test_launch_goes_through_accelerate_only_when_spread(gpus, config, expected):
     spec = RunSpec(accelerate_config=config)
     command = launch_command(spec, Path("/r/x"), gpus)
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
+    accelerate = [sys.executable, "-m", "spectui.finetune.supervisor", "/r/x",
+                  sys.executable, "-m", "accelerate.commands.launch"]
     runner = ["spectui.finetune.runner", "/r/x"]
     assert command == {
         "python": [sys.executable, "-m", *runner],
