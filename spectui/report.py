@@ -139,4 +139,4 @@ def _cell(m: dict | None) -> str:
         return "[dim]–[/]"
     ranks = ",".join(map(str, m["intruder_ranks"]))
     count = f"[bold red]{m['intruders']}[/] ({ranks})" if m["intruders"] else "0"
-    return f"{count} · {m['delta_rel_norm']:.3g} · {m['delta_effective_rank']:.1f}"
+    return f"{count} · {m['delta_rel_norm']:#.3g} · {m['delta_effective_rank']:.1f}"

@@ -109,7 +109,7 @@ def failures(errors: dict) -> list[str]:
 
 
 def ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3g}"
+    return "–" if value is None else f"{value:#.3g}"
 
 
 def rank(value: float | None) -> str:

@@ -45,7 +45,7 @@ class CompareScreen(ResultsScreen):
             s = ins.summary(model, k, eps)
             table.add_row(
                 s.label, s.description, str(s.intruders), f"{s.with_intruders}/{s.matrices}",
-                "…" if s.median_delta is None else f"{s.median_delta:.3g}",
+                "…" if s.median_delta is None else f"{s.median_delta:#.3g}",
                 "…" if s.median_rank is None else f"{s.median_rank:.1f}",
                 key=str(model),
             )

@@ -76,7 +76,7 @@ class MatrixScreen(ResultsScreen):
         info.update(
             f"{title} {result.shape[0]}×{result.shape[1]} · [b]{len(ranks)}[/] intruder{plural}{where} "
             f"(k={k}, ε={eps:.2f}) · "
-            f"‖ΔW‖/‖W0‖ {result.delta_rel_norm:.3g} · eff. rank ΔW {result.delta_effective_rank:.1f} · "
+            f"‖ΔW‖/‖W0‖ {result.delta_rel_norm:#.3g} · eff. rank ΔW {result.delta_effective_rank:.1f} · "
             f"stable rank {result.stable_rank_base:.1f} → {result.stable_rank_tuned:.1f}{warning}"
         )
         others = [(f"{label} σ", other.sigma_tuned) for i, label in enumerate(ins.labels)

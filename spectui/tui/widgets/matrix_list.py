@@ -70,7 +70,7 @@ class MatrixList(Vertical):
         if self._shown.get(name) == view:
             return
         self._shown[name] = view
-        delta = "" if view.delta_rel_norm is None else f"{view.delta_rel_norm:.3g}"
+        delta = "" if view.delta_rel_norm is None else f"{view.delta_rel_norm:#.3g}"
         self.table.update_cell(name, "count", count_text(view))
         self.table.update_cell(name, "delta", delta)
 
