@@ -6,7 +6,8 @@ eigenvectors; a tuned matrix needs all its eigenvalues but only its top TOP_VECT
 CPU this is LAPACK (`spectui.lapack`): one blocked reduction to tridiagonal form, all eigenvalues
 from it, the top eigenvectors of the tridiagonal matrix by inverse iteration, and the reflectors
 applied to those alone. That costs about what the eigenvalues alone cost, and 3–4× less than
-torch's eigh followed by eigvalsh. On a GPU, torch's solvers are used. Eigenvalues come in
+torch's eigh followed by eigvalsh. On a GPU, or where SciPy's LAPACK cannot be called as declared,
+torch's solvers are used. Eigenvalues come in
 ascending order, as LAPACK gives them; the solvers read only the lower triangle of a Gram matrix,
 which is all `gram` fills on the CPU.
 """
@@ -24,14 +25,14 @@ def gram(w: torch.Tensor) -> torch.Tensor:
     of W."""
     m, n = w.shape
     w = w.to(torch.float64)
-    if w.device.type != "cpu":
+    if not _on_lapack(w):
         return w @ w.T if m <= n else w.T @ w
     return torch.from_numpy(lapack.gram_lower(w.numpy()))
 
 
 def eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every eigenvalue and eigenvector (columns)."""
-    if gram.device.type != "cpu":
+    if not _on_lapack(gram):
         return torch.linalg.eigh(gram)
     lam, vecs = lapack.syevd(_lapack_copy(gram))
     return torch.from_numpy(lam), torch.from_numpy(vecs)
@@ -39,7 +40,7 @@ def eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def eigvalsh(gram: torch.Tensor) -> torch.Tensor:
     """Every eigenvalue."""
-    if gram.device.type != "cpu":
+    if not _on_lapack(gram):
         return torch.linalg.eigvalsh(gram)
     d, e, _ = lapack.sytrd(_lapack_copy(gram))
     return torch.from_numpy(lapack.sterf(d, e))
@@ -49,7 +50,7 @@ def eigh_top(gram: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor
     """Every eigenvalue, and the eigenvectors of the `count` largest (columns, ascending like the
     eigenvalues)."""
     n = gram.shape[0]
-    if gram.device.type == "cpu" and 2 * count < n:  # when most vectors are wanted, the full solver is as fast
+    if _on_lapack(gram) and 2 * count < n:  # when most vectors are wanted, the full solver is as fast
         reflectors = _lapack_copy(gram)
         d, e, tau = lapack.sytrd(reflectors)
         lam = lapack.sterf(d, e)
@@ -61,6 +62,10 @@ def eigh_top(gram: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor
             return torch.from_numpy(lam), torch.from_numpy(np.vstack([z[:1], rest]))
     lam, vecs = eigh(gram)
     return lam, vecs[:, n - count:]
+
+
+def _on_lapack(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and lapack.usable()
 
 
 def _top_tridiagonal_vectors(d: np.ndarray, e: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray | None:

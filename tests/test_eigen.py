@@ -73,3 +73,32 @@ def test_a_scipy_whose_lapack_is_declared_otherwise_is_refused(monkeypatch):
             lapack._routine("dsterf")
     finally:
         lapack._routine.cache_clear()
+
+
+def test_without_a_usable_scipy_lapack_torch_solves_the_same(monkeypatch):
+    """A SciPy refused above must not fail every matrix of a scan: torch's solvers take over."""
+    from spectui import lapack
+
+    g = gram_with(SPECTRA["decaying"])
+    reference_lam, reference_vecs = np.linalg.eigh(g.numpy())
+    monkeypatch.setattr(lapack, "usable", lambda: False)
+    monkeypatch.setattr(lapack, "_routine", None)  # any LAPACK call now fails loudly
+    lam, vecs = eigen.eigh_top(g.clone(), COUNT)
+    assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, COUNT)
+    np.testing.assert_allclose(eigen.eigvalsh(g.clone()).numpy(), reference_lam, rtol=1e-9,
+                               atol=1e-12 * reference_lam[-1])
+    w = torch.from_numpy(np.random.default_rng(3).standard_normal((40, 70)))
+    np.testing.assert_allclose(eigen.gram(w).numpy(), (w @ w.T).numpy(), rtol=1e-12)
+
+
+def test_a_refused_scipy_reads_unusable(monkeypatch):
+    from spectui import lapack
+
+    lapack._routine.cache_clear()
+    lapack.usable.cache_clear()
+    monkeypatch.setitem(lapack._SIGNATURES, "dsterf", (lapack._int, lapack._double, lapack._double))
+    try:
+        assert lapack.usable() is False
+    finally:
+        lapack._routine.cache_clear()
+        lapack.usable.cache_clear()
