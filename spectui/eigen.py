@@ -7,9 +7,8 @@ CPU this is LAPACK (`spectui.lapack`): one blocked reduction to tridiagonal form
 from it, the top eigenvectors of the tridiagonal matrix by inverse iteration, and the reflectors
 applied to those alone. That costs about what the eigenvalues alone cost, and 3–4× less than
 torch's eigh followed by eigvalsh. On a GPU, or where SciPy's LAPACK cannot be called as declared,
-torch's solvers are used. Eigenvalues come in
-ascending order, as LAPACK gives them; the solvers read only the lower triangle of a Gram matrix,
-which is all `gram` fills on the CPU.
+torch's solvers are used. Eigenvalues come in ascending order, as LAPACK gives them; the solvers
+read only the lower triangle of a Gram matrix, which is all `gram` fills on the CPU.
 """
 
 from __future__ import annotations
