@@ -1,8 +1,8 @@
 """Intruder dimensions along a fine-tuning run (the paper's Fig. 5, live): every saved checkpoint,
 and the final output, scanned against the run's base, one line each in <run>/intruders.jsonl.
 
-A line holds the counts at the scan's (k, ε) and, per matrix, the top STORED_K max|cos| values
-(float32, exact, base64), so the curve re-reads at any k ≤ STORED_K and any ε without a new scan.
+A line holds the counts at the scan's (k, ε) and, per matrix, the top TOP_VECTORS max|cos| values
+(float32, exact, base64), so the curve re-reads at any k ≤ TOP_VECTORS and any ε without a new scan.
 The file is rewritten through a temporary file, so a reader never sees half a line. Base
 decompositions come from the shared cache: a run's checkpoints decompose the base only once.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectui import atomic
-from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, TOP_VECTORS
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
 from spectui.finetune.runs import LIVE, Run, State
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from spectui.engine import Scan
 
 INTRUDERS_FILE = "intruders.jsonl"
-STORED_K = TOP_VECTORS  # max|cos| kept per matrix: the paper's k = 10 and well beyond
 POLL_S = 2.0
 _WRITE_LOCK = threading.Lock()  # one process may scan a run from two workers at once
 
@@ -43,11 +42,11 @@ class CheckpointIntruders:
     epsilon: float
     total_intruders: int
     per_matrix: dict[str, int]
-    max_cos: dict[str, str]  # per matrix, top STORED_K in singular-value order, packed (_pack)
+    max_cos: dict[str, str]  # per matrix, top TOP_VECTORS in singular-value order, packed (_pack)
     errors: dict[str, str] = field(default_factory=dict)  # matrices not scanned, and why
 
     def total(self, k: int, epsilon: float) -> int:
-        """Intruders summed over matrices at any k (up to STORED_K) and ε, compared in float32
+        """Intruders summed over matrices at any k (up to TOP_VECTORS) and ε, compared in float32
         as the engine compares, so counts agree with the inspector's exactly."""
         threshold = _unpack(_pack((epsilon,)))[0]
         return sum(sum(cos < threshold for cos in _unpack(packed)[:k])
@@ -152,7 +151,7 @@ def _point(step: int, scan: Scan, k: int, epsilon: float) -> CheckpointIntruders
     return CheckpointIntruders(
         step=step, k=k, epsilon=epsilon, total_intruders=sum(per_matrix.values()),
         per_matrix=per_matrix,
-        max_cos={name: _pack(result.max_cos[:STORED_K]) for name, result in results.items()},
+        max_cos={name: _pack(result.max_cos) for name, result in results.items()},
         errors={name: failure.message for name, failure in scan.errors.items()},
     )
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from spectui.run_intruders import STORED_K, CheckpointIntruders
+from spectui.defaults import TOP_VECTORS
+from spectui.run_intruders import CheckpointIntruders
 from spectui.tui.widgets.plots import Plot
 
 
@@ -28,7 +29,7 @@ class IntruderCurve(Plot):
 
     def draw(self, plt, points: list[CheckpointIntruders], saved: int, k: int, epsilon: float) -> None:
         """`saved`: checkpoints there are, of which `points` are scanned so far."""
-        k = min(k, STORED_K)
+        k = min(k, TOP_VECTORS)
         plt.title(f"intruders k={k} ε={epsilon:.2f} · {len(points)}/{saved} scanned")
         plt.xlabel("step")
         if points:
