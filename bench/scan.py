@@ -64,7 +64,7 @@ def spectral_core_only(base: str, tuned: str) -> tuple[dict[str, list[int]], flo
     import torch
 
     from spectui.checkpoint.comparison import open_comparison
-    from spectui.checkpoint.pairing import AdaptedModel, load_matrix
+    from spectui.checkpoint.pairing import load_matrix
     from spectui.engine import _limit_lapack_threads, default_workers
     from spectui.spectral import compare, decompose
 
@@ -73,7 +73,7 @@ def spectral_core_only(base: str, tuned: str) -> tuple[dict[str, list[int]], flo
     pairs = {}
     for spec in model.pairing.matrices:
         w0 = load_matrix(comparison.base, spec.name, spec)
-        factors = model.source.delta_factors(spec) if isinstance(model.source, AdaptedModel) else None
+        factors = model.source.delta_factors(spec)
         pairs[spec.name] = (decompose(w0), w0, load_matrix(model.source, spec.tuned_name, spec), factors)
     _limit_lapack_threads(1)
     start = time.perf_counter()
@@ -199,7 +199,7 @@ def main() -> None:
         mode, base, tuned, cache = args.child
         child(mode, base, tuned, cache or None)
         return
-    from spectui.samples import samples_dir
+    from spectui.locations import samples_dir
 
     samples = samples_dir()
     rows = []

@@ -74,9 +74,8 @@ async def key_latencies(app, keys: int, while_scanning: bool) -> list[float]:
 
     times = []
     async with app.run_test(size=(100, 30)) as pilot:
-        driver = app._driver
         frames: list[float] = []
-        display = app._display  # composes each frame; a real terminal driver then writes it
+        display = app._display  # composes each frame (no public hook); a terminal driver then writes it
 
         def timed_display(screen, renderable):
             display(screen, renderable)
@@ -97,7 +96,7 @@ async def key_latencies(app, keys: int, while_scanning: bool) -> list[float]:
             before, frames[:] = table.cursor_row, []
             busy += not app.inspector.finished
             start = time.perf_counter()
-            driver.send_message(events.Key(key, None))
+            app.post_message(events.Key(key, None))
             await until(lambda before=before: table.cursor_row != before)
             moved = time.perf_counter()
             await until(lambda moved=moved: any(t >= moved for t in frames))
@@ -124,7 +123,7 @@ def main() -> None:
     from scan import generated_pair
 
     from spectui.checkpoint.comparison import open_comparison
-    from spectui.samples import samples_dir
+    from spectui.locations import samples_dir
     from spectui.tui.app import SpectuiApp
     from spectui.tui.inspector import Inspector
 

@@ -10,10 +10,3 @@ LAMBDA_RANGE = (0.0, 2.0)  # W' = W + (λ − 1)σuvᵀ: 1 changes nothing, 0 re
 DEFAULT_LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the forgetting probe's sweep (paper Fig. 8)
 DEFAULT_MAX_TOKENS = 2048  # per probe text: the bundled samples' whole sweep runs in seconds on a CPU
 
-
-def default_cache_dir():
-    """$XDG_CACHE_HOME/spectui (~/.cache/spectui)."""
-    import os
-    from pathlib import Path
-
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spectui"

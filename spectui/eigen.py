@@ -5,7 +5,7 @@ The second is why this module exists. A full eigen-decomposition spends most of 
 eigenvectors; a tuned matrix needs all its eigenvalues but only its top TOP_VECTORS vectors. On the
 CPU this is LAPACK (`spectui.lapack`): one blocked reduction to tridiagonal form, all eigenvalues
 from it, the top eigenvectors of the tridiagonal matrix by inverse iteration, and the reflectors
-applied to those alone. That costs about what the eigenvalues alone cost, and 3–4× less than
+applied to those alone. That costs about what the eigenvalues alone cost, and much less than
 torch's eigh followed by eigvalsh. On a GPU, or where SciPy's LAPACK cannot be called as declared,
 torch's solvers are used. Eigenvalues come in ascending order, as LAPACK gives them; the solvers
 read only the lower triangle of a Gram matrix, which is all `gram` fills on the CPU.

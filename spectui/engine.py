@@ -22,8 +22,8 @@ import torch
 from spectui.cache import Cache, tensor_digest
 from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
-from spectui.checkpoint.pairing import AdaptedModel, load_matrix
-from spectui.errors import one_line
+from spectui.checkpoint.pairing import load_matrix
+from spectui.errors import UsageError, one_line
 from spectui.spectral import MatrixResult, compare, decompose
 
 
@@ -51,28 +51,27 @@ ScanEvent = MatrixDone | MatrixFailed | ScanFinished
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when present; an unusable device is bad input, said in one sentence."""
+    """`auto` picks CUDA when present; an unusable device is a UsageError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"--device {device}: not a device name (try cpu, cuda or cuda:1)") from err
+        raise UsageError(f"--device {device}: not a device name (try cpu, cuda or cuda:1)") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device}: only cpu and cuda are supported")
+        raise UsageError(f"--device {device}: only cpu and cuda are supported")
     return dev
 
 
 class _HeapTrimmer:
     """glibc keeps freed matrix-sized blocks in its heaps, where later small allocations pin them, so
-    resident memory grew with model depth (measured at hidden 512: 390 MB for 4 layers, 940 MB for
-    16). Handing free memory back to the system whenever resident memory has grown by SLACK since the
-    last time keeps it flat for a few percent of speed (a fixed mmap threshold cost 15–27%). No-op
-    off glibc or without /proc."""
+    resident memory grew with model depth. Handing free memory back to the system whenever resident
+    memory has grown by SLACK since the last time keeps it flat for a few percent of speed, less than
+    a fixed mmap threshold costs (bench/README.md). No-op off glibc or without /proc."""
 
     SLACK = 64 << 20
 
@@ -124,7 +123,7 @@ def _yield_to_interactive_threads() -> None:
 
 def _limit_lapack_threads(threads: int) -> None:
     """SciPy's OpenBLAS runs each call on every core; with one call per worker at a time that
-    oversubscribes them (measured 1.5–1.9× slower on 2 cores). The limit is process-wide, as
+    oversubscribes them (bench/README.md). The limit is process-wide, as
     OpenBLAS allows, and reaches only libraries already loaded: hence the import."""
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
@@ -280,7 +279,7 @@ class Scan:
             if spec is None or self._cancelled:
                 continue
             w = load_matrix(model.source, spec.tuned_name, spec)
-            factors = model.source.delta_factors(spec) if isinstance(model.source, AdaptedModel) else None
+            factors = model.source.delta_factors(spec)
             key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
             result = self.cache.get_result(key)
             cached = result is not None

@@ -1,7 +1,7 @@
 """The few LAPACK and BLAS routines the eigen-solvers need, called without holding the GIL.
 
 SciPy's own wrappers (`scipy.linalg.lapack`) keep the GIL for the whole call, so scan workers on
-threads would take turns (measured: two threads, twice the time). SciPy also exports every routine
+threads would take turns. SciPy also exports every routine
 as a C function pointer for Cython (`scipy.linalg.cython_lapack`, a public API, the route numba
 takes); ctypes calls those with the GIL released. Arrays are column-major float64, as LAPACK wants.
 """
@@ -43,7 +43,7 @@ def _routine(name: str):
 @cache
 def usable() -> bool:
     """Whether SciPy's routines can be called as declared here; where not, the solvers fall back on
-    torch's, which give the same results, 2–4× more slowly."""
+    torch's, which give the same results, more slowly."""
     try:
         for name in _SIGNATURES:
             _routine(name)
@@ -139,7 +139,7 @@ def apply_reflectors(a: np.ndarray, tau: np.ndarray, c: np.ndarray) -> np.ndarra
 def _with_workspace(name: str, *args) -> None:
     """Call a routine that takes (work, lwork) last with the workspace it asks for (lwork = -1).
     Given less than its blocked algorithm needs, LAPACK quietly falls back to the unblocked one:
-    dormqr did so here with a guessed size, 2.5–9× slower at n = 512."""
+    dormqr did so here with a guessed size (bench/README.md)."""
     size = np.zeros(1)
     _call(name, *args, _d(size), _i(-1))
     work = np.empty(max(1, int(size[0])))

@@ -15,29 +15,22 @@ written merged into the base's checkpoint. Writing is atomic and never touches t
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import re
-import shutil
-import uuid
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spectui.checkpoint.adapters import ADAPTER_CONFIG, LoraAdapter, LoraModule
+from spectui.checkpoint.adapters import LoraModule
 from spectui.checkpoint.comparison import Comparison
-from spectui.checkpoint.files import BIN_INDEX, SAFETENSORS_INDEX, CheckpointError, TensorStore
-from spectui.checkpoint.pairing import AdaptedModel, MatrixSpec, load_matrix, normalise
+from spectui.checkpoint.files import CheckpointError
+from spectui.checkpoint.names import MatrixSpec, normalise
+from spectui.checkpoint.pairing import load_matrix
+from spectui.checkpoint.writer import write_checkpoint, write_lora_adapter
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.results import ScanResults
 from spectui.spectral import MatrixResult
-
-# Another copy of the weights beside the ones rewritten would still hold the unmitigated model.
-_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"}
 
 
 @dataclass(frozen=True)
@@ -79,18 +72,11 @@ def chosen_ranks(result: MatrixResult, k: int, epsilon: float, scope: str) -> li
     return ranks[:1] if scope == "top" else ranks
 
 
-def plan(
-    comparison: Comparison,
-    model_index: int,
-    results: dict[tuple[int, str], MatrixResult],
-    k: int = DEFAULT_K,
-    epsilon: float = DEFAULT_EPSILON,
-    scope: str = "top",
-) -> Plan:
-    """Choose the intruders of one tuned model from its scan results (`Scan.results`)."""
+def plan(scan: ScanResults, model_index: int, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON,
+         scope: str = "top") -> Plan:
+    """Choose the intruders of one tuned model from its scan results."""
     matrices = []
-    for spec in comparison.tuned[model_index].pairing.matrices:
-        result = results[(model_index, spec.name)]
+    for spec, result in scan.matrices(model_index):
         ranks = chosen_ranks(result, k, epsilon, scope)
         if ranks:
             sigma = tuple(float(result.sigma_tuned[j]) for j in ranks)
@@ -137,13 +123,6 @@ def _touched(plan: Plan, lam: float) -> tuple[MatrixPlan, ...]:
     return () if lam == 1 else plan.matrices
 
 
-def mitigated_weights(comparison: Comparison, plan: Plan,
-                      lam: float) -> Iterator[tuple[str, torch.Tensor]]:
-    """(tuned tensor name, W' in stored orientation, float64), one matrix at a time."""
-    for matrix in _touched(plan, lam):
-        yield matrix.spec.tuned_name, _mitigated_matrix(comparison, plan, matrix, lam)
-
-
 def components(comparison: Comparison, plan: Plan) -> Iterator[tuple[str, torch.Tensor]]:
     """(tuned tensor name, Σ σ_j u_j v_jᵀ in stored orientation): W' = W + (λ − 1)·component for any
     λ, so a λ sweep decomposes each matrix once."""
@@ -157,25 +136,26 @@ def components(comparison: Comparison, plan: Plan) -> Iterator[tuple[str, torch.
 
 def check_export(comparison: Comparison, model_index: int, out: Path, *, merged: bool = False,
                  force: bool = False) -> None:
-    """Every reason not to write, found before any work: an existing or source-overlapping target,
-    and adapters whose mitigated form cannot be written."""
+    """Every reason not to write, found before any work: a target that exists or overlaps a
+    source (inside it, or holding it), and adapters whose mitigated form cannot be written."""
     target = out.resolve()
     for source in [comparison.base.path, *(m.path for m in comparison.tuned)]:
         source = source.resolve()
-        if target == source or target in source.parents:
-            raise CheckpointError(out, f"would replace the source {source}; choose another --out")
+        source_dir = source if source.is_dir() else source.parent
+        if target == source or target in source.parents or source_dir in target.parents:
+            raise CheckpointError(out, f"would replace the source {source} or write inside it; choose another --out")
     if out.exists() and not force:
         raise CheckpointError(out, "already exists; pass --force to replace it")
     source = comparison.tuned[model_index].source
-    if not isinstance(source, AdaptedModel):
+    if not source.is_adapter:
         return
-    if merged:
-        extra = [n for n in source.names() if n not in source.base]
+    if merged or source.refittable() is None:
+        extra = [n for n in source.names() if n not in source.layout]
         if extra:
             raise CheckpointError(source.path, f"saves {extra[0]}, which the base checkpoint lacks, so "
                                                "it cannot be merged into the base's files; export the adapter")
-    elif any(m.magnitude_key is not None for m in source.adapter.modules.values()):
-        raise CheckpointError(source.adapter.config_file,
+    elif any(m.magnitude_key is not None for m in source.refittable().modules.values()):
+        raise CheckpointError(source.refittable().config_file,
                               "is a DoRA adapter: re-factoring ΔW' would leave its magnitude vector "
                               "describing other directions; export it with --merged instead")
 
@@ -185,8 +165,7 @@ def export(comparison: Comparison, plan: Plan, lam: float, out: Path, *, merged:
     """Write the mitigated model to `out` in the input's kind; the refits are empty unless a LoRA
     adapter was re-factored."""
     check_export(comparison, plan.model_index, out, merged=merged, force=force)
-    source = comparison.tuned[plan.model_index].source
-    if isinstance(source, AdaptedModel) and not merged:
+    if not merged and comparison.tuned[plan.model_index].source.refittable() is not None:
         return _write_adapter(comparison, plan, lam, out, rank_extra)
     _write_checkpoint(comparison, plan, lam, out)
     return []
@@ -202,19 +181,15 @@ def _write_checkpoint(comparison: Comparison, plan: Plan, lam: float, out: Path)
             return _mitigated_matrix(comparison, plan, by_name[name], lam)
         return source.load(name)
 
-    if isinstance(source, AdaptedModel):
-        store = source.base
-        changed = {name for name in store.names() if source.changes(name)} | set(by_name)
-    else:
-        store, changed = source, set(by_name)
-    with _atomic_dir(out) as tmp:
-        _write_store(store, tmp, changed, new_tensor)
+    layout = source.layout
+    merged = {name for name in layout.names() if source.changes(name)} if layout is not source else set()
+    write_checkpoint(layout, out, merged | set(by_name), new_tensor)
 
 
 def _write_adapter(comparison: Comparison, plan: Plan, lam: float, out: Path,
                    rank_extra: bool) -> list[Refit]:
     """PEFT's recipe: ΔW' = ΔW + (λ − 1)·component, re-factored by truncated SVD, √σ on each side."""
-    adapter = comparison.tuned[plan.model_index].source.adapter
+    adapter = comparison.tuned[plan.model_index].source.refittable()
     modules = {normalise(name): module for name, module in adapter.modules.items()}
     refits, tensors = [], {}
     for matrix in _touched(plan, lam):
@@ -227,10 +202,7 @@ def _write_adapter(comparison: Comparison, plan: Plan, lam: float, out: Path,
         new_b, new_a, error = refactor(delta / module.scaling, rank)
         tensors[module.b_key], tensors[module.a_key] = new_b, new_a
         refits.append(Refit(module, rank, error))
-    with _atomic_dir(out) as tmp:
-        _write_store(adapter.store, tmp, tensors.keys(), tensors.__getitem__, skip={ADAPTER_CONFIG})
-        config = _adapter_config(adapter, [r for r in refits if r.rank != r.module.rank], out)
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    write_lora_adapter(adapter, out, tensors, {r.module: r.rank for r in refits})
     return refits
 
 
@@ -246,90 +218,3 @@ def refactor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
     a[:kept] = root[:, None] * vh[:kept]
     total = float(s.norm())
     return b, a, float(s[kept:].norm()) / total if total > 0 else 0.0
-
-
-def _adapter_config(adapter: LoraAdapter, grown: list[Refit], out: Path) -> dict:
-    """The source config, with rank_pattern / alpha_pattern entries (first, so they win) for modules
-    whose rank grew, keeping their scaling; and a relative base path re-pointed from `out`."""
-    config = dict(adapter.config)
-    rslora = bool(config.get("use_rslora"))
-    if grown:
-        keys = {re.escape(r.module.module): r for r in grown}
-        ranks = {key: r.rank for key, r in keys.items()}
-        alphas = {key: r.module.scaling * (math.sqrt(r.rank) if rslora else r.rank) for key, r in keys.items()}
-        config["rank_pattern"] = {**ranks, **(config.get("rank_pattern") or {})}
-        config["alpha_pattern"] = {**alphas, **(config.get("alpha_pattern") or {})}
-    reference = config.get("base_model_name_or_path")
-    if reference and not Path(reference).is_absolute() and (adapter.path / reference).exists():
-        base = (adapter.path / reference).resolve()
-        config["base_model_name_or_path"] = os.path.relpath(base, out.resolve())
-    return config
-
-
-# -- files ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _atomic_dir(out: Path) -> Iterator[Path]:
-    """Write into a temporary directory beside `out`, then rename it into place; on failure only
-    the temporary directory is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the published directory
-    try:
-        yield tmp
-        if out.exists():
-            old = tmp.with_name(tmp.name + ".old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_store(store: TensorStore, out: Path, changed: Collection[str],
-                 new_tensor: Callable[[str], torch.Tensor], skip: Collection[str] = ()) -> None:
-    """Rewrite the store's weight files into `out`, in the same files, formats and per-tensor dtypes,
-    with the `changed` tensors replaced; untouched files are copied byte for byte. One file's tensors
-    are in memory at a time. Small side files (config, tokenizer) are copied too."""
-    files = list(dict.fromkeys(store.info(name).file for name in store.names()))
-    for file in files:
-        names = [n for n in store.names() if store.info(n).file == file]
-        if not any(n in changed for n in names):
-            shutil.copy2(file, out / file.name)
-            continue
-        tensors = {}
-        for name in names:
-            original = store.load(name)
-            tensors[name] = new_tensor(name).to(original.dtype).contiguous() if name in changed else original
-        _save(tensors, file, out / file.name)
-    if store.path.is_dir():
-        _copy_side_files(store.path, out, index=SAFETENSORS_INDEX if files[0].suffix == ".safetensors"
-                         else BIN_INDEX, skip=skip)
-
-
-def _save(tensors: dict[str, torch.Tensor], like: Path, file: Path) -> None:
-    if like.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
-        with safe_open(str(like), framework="pt") as handle:
-            metadata = handle.metadata()
-        save_file(tensors, str(file), metadata=metadata)
-    else:
-        torch.save(tensors, file)
-
-
-def _copy_side_files(source: Path, out: Path, index: str, skip: Collection[str]) -> None:
-    """Config, tokenizer and other small files; other copies of the weights and their indexes are
-    left out, since they would still hold the unmitigated model."""
-    for file in source.iterdir():
-        other_index = file.name.endswith(".index.json") and file.name != index
-        stale = file.suffix in _WEIGHT_SUFFIXES or other_index
-        if file.is_file() and not stale and file.name not in skip:
-            shutil.copy2(file, out / file.name)

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from spectui.checkpoint.comparison import Comparison
-from spectui.checkpoint.files import CheckpointError, TensorStore
-from spectui.checkpoint.pairing import AdaptedModel, normalise
+from spectui.checkpoint.files import CheckpointError
+from spectui.checkpoint.names import normalise
+from spectui.checkpoint.source import WeightSource
 from spectui.defaults import DEFAULT_LAMBDAS, DEFAULT_MAX_TOKENS
 from spectui.errors import one_line
 from spectui.finetune.data import Example, load_examples
@@ -69,14 +70,6 @@ class ProbeRow:
         }
 
 
-def is_classifier(source: TensorStore | AdaptedModel) -> bool:
-    """Whether a tuned model carries a sequence-classification head, by its own config."""
-    if isinstance(source, AdaptedModel):
-        return source.adapter.config.get("task_type") == "SEQ_CLS"
-    architectures = source.config.get("architectures") or ()
-    return any(str(name).endswith("ForSequenceClassification") for name in architectures)
-
-
 class Probe:
     """BASE's language model (and, for a labelled task, a classifier built on BASE) with the
     evaluation tokens prepared once; `score` evaluates one variant of the weights."""
@@ -117,7 +110,7 @@ class Probe:
         tok = self.tokenizer
         return next(i for i in (tok.pad_token_id, tok.eos_token_id, 0) if i is not None)
 
-    def score(self, source: TensorStore | AdaptedModel | None = None, parts: Sequence[Part] = (),
+    def score(self, source: WeightSource | None = None, parts: Sequence[Part] = (),
               lam: float = 1.0) -> tuple[Score, Score | None]:
         """Reference and task scores of BASE, of `source`, or of `source` with each intruder
         component scaled by λ (W' = W + (λ − 1)·component)."""
@@ -212,12 +205,8 @@ def _patched(model, source, parts: Sequence[Part], lam: float) -> Iterator[set[s
                 slots[key].copy_(original)
 
 
-def _tuned_names(source: TensorStore | AdaptedModel | None) -> list[str]:
-    if source is None:
-        return []
-    if isinstance(source, AdaptedModel):
-        return [name for name in source.names() if source.changes(name)]
-    return source.names()
+def _tuned_names(source: WeightSource | None) -> list[str]:
+    return [] if source is None else [name for name in source.names() if source.changes(name)]
 
 
 @torch.no_grad()

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import base64
 import json
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from spectui import atomic
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
 from spectui.finetune.runs import LIVE, Run, State
+from spectui.intruders import count_intruders
 
 if TYPE_CHECKING:
     from spectui.cache import Cache
@@ -46,11 +48,8 @@ class CheckpointIntruders:
     errors: dict[str, str] = field(default_factory=dict)  # matrices not scanned, and why
 
     def total(self, k: int, epsilon: float) -> int:
-        """Intruders summed over matrices at any k (up to TOP_VECTORS) and ε, compared in float32
-        as the engine compares, so counts agree with the inspector's exactly."""
-        threshold = _unpack(_pack((epsilon,)))[0]
-        return sum(sum(cos < threshold for cos in _unpack(packed)[:k])
-                   for packed in self.max_cos.values())
+        """Intruders summed over matrices at any k (up to TOP_VECTORS) and ε."""
+        return sum(count_intruders(_unpack(packed), k, epsilon) for packed in self.max_cos.values())
 
 
 def intruders_path(run: Run) -> Path:
@@ -168,9 +167,9 @@ def _append(run: Run, point: CheckpointIntruders) -> None:
 
 def _pack(values) -> str:
     """Float32 values, exactly, as base64 of their little-endian bytes."""
-    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
+    return base64.b64encode(np.asarray(values, dtype="<f4").tobytes()).decode("ascii")
 
 
-def _unpack(text: str) -> tuple[float, ...]:
+def _unpack(text: str) -> np.ndarray:
     data = base64.b64decode(text)
-    return struct.unpack(f"<{len(data) // 4}f", data)
+    return np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4")

@@ -6,7 +6,8 @@ W = U S Vᵀ, the j-th left singular vector u_j of W is an intruder iff max_i |u
 (k, ε) is answered later without a new decomposition.
 
 Speed: singular values and left singular vectors come from the eigen-decomposition of the smaller
-Gram matrix, 2–5× cheaper than an SVD; for a tuned matrix only its top vectors are computed.
+Gram matrix, cheaper than an SVD (bench/README.md); for a tuned matrix only its top vectors are
+computed.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import torch
 
 from spectui import eigen
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE, TOP_VECTORS
+from spectui.intruders import count_intruders, intruder_ranks
 
 ALGORITHM_VERSION = 4
 # Kolmogorov–Smirnov distance to the Marchenko–Pastur law under which a spectrum looks random.
-# Random matrices sit far closer than i.i.d. samples would (their eigenvalues are rigid): measured
-# 0.02 at 128×344, while the least structured trained matrix of the bundled base is at 0.07. Small
-# matrices fluctuate more, hence the 3/rank floor.
+# Random matrices sit far closer than i.i.d. samples would (their eigenvalues are rigid), trained ones
+# further (bench/README.md has the distances measured). Small matrices fluctuate more, hence the
+# 3/rank floor.
 RANDOM_LIKE_DISTANCE = 0.05
 
 
@@ -144,10 +146,10 @@ class MatrixResult:
     base_mp_distance: float
 
     def intruder_ranks(self, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON) -> list[int]:
-        return [int(j) for j in np.flatnonzero(self.max_cos[:k] < epsilon)]
+        return intruder_ranks(self.max_cos, k, epsilon)
 
     def intruders(self, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON) -> int:
-        return int((self.max_cos[:k] < epsilon).sum())
+        return count_intruders(self.max_cos, k, epsilon)
 
     @property
     def delta_effective_rank(self) -> float:

@@ -1,11 +1,11 @@
-import sys
-from pathlib import Path
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from typing import NamedTuple
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from models import lora_model, perturbed, save_adapter, tiny_llama
+
+from spectui.cli import main
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +23,22 @@ def tiny(tmp_path_factory):
 @pytest.fixture
 def cache_dir(tmp_path):
     return tmp_path / "cache"
+
+
+class Ran(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """`spectui ARGS...` in-process, as the console script runs it: (exit code, stdout, stderr)."""
+
+    def run(*argv) -> Ran:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([str(arg) for arg in argv])
+        return Ran(code, out.getvalue(), err.getvalue())
+
+    return run

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from spectui.checkpoint.comparison import open_comparison
 from spectui.checkpoint.files import CheckpointError, open_store
-from spectui.checkpoint.pairing import normalise
+from spectui.checkpoint.names import normalise
 
 
 def all_tensors(directory):

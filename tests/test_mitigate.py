@@ -1,11 +1,8 @@
 """Intruder mitigation: the definition on planted intruders, exports against PEFT, and bad input."""
 
-import argparse
 import copy
-import io
 import json
 import shutil
-from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import torch
@@ -14,27 +11,23 @@ from safetensors.torch import load_file
 
 from spectui.cache import Cache
 from spectui.checkpoint.comparison import open_comparison
-from spectui.checkpoint.pairing import short_name
+from spectui.checkpoint.names import short_name
+from spectui.checkpoint.pairing import load_matrix
 from spectui.engine import Scan
-from spectui.mitigate import chosen_ranks, mitigated_weights, plan, preview, scale_intruders
-from spectui.mitigate_cli import add_mitigate_parser, add_probe_parser
+from spectui.mitigate import chosen_ranks, plan, preview, scale_intruders
+from spectui.results import ScanResults
 from spectui.spectral import compare, decompose
 
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 DOWN1 = "model.layers.1.mlp.down_proj.weight"
 
 
-def spectui(*argv) -> tuple[int, str, str]:
-    """`spectui COMMAND ...` through the parsers and handlers the CLI registers → (code, stdout, stderr)."""
-    parser = argparse.ArgumentParser(prog="spectui")
-    commands = parser.add_subparsers(required=True)
-    add_mitigate_parser(commands)
-    add_probe_parser(commands)
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        args = parser.parse_args([str(a) for a in argv])
-        code = args.handler(args)
-    return code, out.getvalue(), err.getvalue()
+def mitigated_weights(comparison, chosen, lam: float):
+    """(tuned tensor name, W' in stored orientation) of each chosen matrix, from the definition."""
+    model = comparison.tuned[chosen.model_index]
+    for matrix in chosen.matrices:
+        w = scale_intruders(load_matrix(model.source, matrix.spec.tuned_name, matrix.spec), matrix.ranks, lam)
+        yield matrix.spec.tuned_name, w.T if matrix.spec.transposed else w
 
 
 def planted(w0: torch.Tensor, count: int) -> torch.Tensor:
@@ -50,8 +43,9 @@ def planted(w0: torch.Tensor, count: int) -> torch.Tensor:
     return w.to(w0.dtype)
 
 
-def scan_results(comparison):
-    return Scan(comparison, Cache(None), device="cpu", workers=1).run().results
+def scan_results(comparison) -> ScanResults:
+    scan = Scan(comparison, Cache(None), device="cpu", workers=1).run()
+    return ScanResults(comparison, scan.results, scan.errors)
 
 
 def svdvals(w):
@@ -136,8 +130,8 @@ def tensors_of(directory):
     return state
 
 
-def test_full_checkpoint_at_lambda_one_is_bit_identical(full, tmp_path):
-    code, _, err = spectui("mitigate", full / "base", full / "tuned", "--lambda", "1", "--scope", "all",
+def test_full_checkpoint_at_lambda_one_is_bit_identical(cli, full, tmp_path):
+    code, _, err = cli("mitigate", full / "base", full / "tuned", "--lambda", "1", "--scope", "all",
                            "--out", tmp_path / "out", "--no-cache")
     assert code == 0, err
     assert files_of(tmp_path / "out") == files_of(full / "tuned")
@@ -145,10 +139,10 @@ def test_full_checkpoint_at_lambda_one_is_bit_identical(full, tmp_path):
         assert (tmp_path / "out" / name).read_bytes() == (full / "tuned" / name).read_bytes(), name
 
 
-def test_full_checkpoint_keeps_files_dtypes_and_scales_only_the_planted_matrices(full, tmp_path):
+def test_full_checkpoint_keeps_files_dtypes_and_scales_only_the_planted_matrices(cli, full, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    code, out, err = spectui("mitigate", full / "base", full / "tuned", "--lambda", "0.5",
+    code, out, err = cli("mitigate", full / "base", full / "tuned", "--lambda", "0.5",
                              "--scope", "all", "--out", tmp_path / "out", "--no-cache")
     assert code == 0, err
     assert "3 intruder(s) in 2 matrices" in out
@@ -169,17 +163,17 @@ def test_full_checkpoint_keeps_files_dtypes_and_scales_only_the_planted_matrices
     assert set(rescanned.tuned[0].source.names()) == before.keys()
 
 
-def test_lambda_zero_leaves_no_intruder_for_the_rescan(full, tmp_path):
-    code, _, err = spectui("mitigate", full / "base", full / "tuned", "--lambda", "0", "--scope", "all",
+def test_lambda_zero_leaves_no_intruder_for_the_rescan(cli, full, tmp_path):
+    code, _, err = cli("mitigate", full / "base", full / "tuned", "--lambda", "0", "--scope", "all",
                            "--out", tmp_path / "out", "--no-cache")
     assert code == 0, err
     comparison = open_comparison(str(full / "base"), [str(tmp_path / "out")])
     results = scan_results(comparison)
-    assert results[(0, Q0)].intruders() == results[(0, DOWN1)].intruders() == 0
+    assert results.result(0, Q0).intruders() == results.result(0, DOWN1).intruders() == 0
 
 
-def test_dry_run_reports_and_writes_nothing(full, tmp_path):
-    code, out, err = spectui("mitigate", full / "base", full / "tuned", "--lambda", "0.75", "--dry-run",
+def test_dry_run_reports_and_writes_nothing(cli, full, tmp_path):
+    code, out, err = cli("mitigate", full / "base", full / "tuned", "--lambda", "0.75", "--dry-run",
                              "--out", tmp_path / "out", "--no-cache")
     assert code == 0, err
     assert "layers.0.self_attn.q_proj" in out and "layers.1.mlp.down_proj" in out and "→" in out
@@ -187,12 +181,12 @@ def test_dry_run_reports_and_writes_nothing(full, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_bin_checkpoint_stays_bin(tiny, tmp_path):
+def test_bin_checkpoint_stays_bin(cli, tiny, tmp_path):
     state = load_file(tiny / "full" / "model.safetensors")
     (tmp_path / "tuned").mkdir()
     torch.save(state, tmp_path / "tuned" / "pytorch_model.bin")
     shutil.copy(tiny / "full" / "config.json", tmp_path / "tuned")
-    code, out, err = spectui("mitigate", tiny / "base", tmp_path / "tuned", "--lambda", "0", "--eps", "0.9",
+    code, out, err = cli("mitigate", tiny / "base", tmp_path / "tuned", "--lambda", "0", "--eps", "0.9",
                              "--out", tmp_path / "out", "--no-cache")
     assert code == 0, err
     assert files_of(tmp_path / "out") == ["config.json", "pytorch_model.bin"]
@@ -212,11 +206,11 @@ def peft_model(base_dir, adapter_dir):
     return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
 
 
-def test_scope_all_finds_peft_intruders_and_exports_peft_weights(tiny, tmp_path):
+def test_scope_all_finds_peft_intruders_and_exports_peft_weights(cli, tiny, tmp_path):
     intruders = pytest.importorskip("peft.tuners.lora.intruders",
                                     reason="peft < 0.19 has no reduce_intruder_dimension")
     comparison = open_comparison(str(tiny / "base"), [str(tiny / "lora")])
-    ours = plan(comparison, 0, scan_results(comparison), scope="all")
+    ours = plan(scan_results(comparison), 0, scope="all")
     reference, logs = peft_model(tiny / "base", tiny / "lora"), []
     intruders.reduce_intruder_dimension(reference, mitigation_lambda=0.75, logging_sink=logs.append)
     # PEFT logs "<module>: Intruders: n" or "<module>: No intruders" per LoRA layer.
@@ -225,7 +219,7 @@ def test_scope_all_finds_peft_intruders_and_exports_peft_weights(tiny, tmp_path)
     assert peft_counts
     assert peft_counts == {m.spec.name.removesuffix(".weight"): len(m.ranks) for m in ours.matrices}
 
-    code, out, err = spectui("mitigate", tiny / "base", tiny / "lora", "--lambda", "0.75",
+    code, out, err = cli("mitigate", tiny / "base", tiny / "lora", "--lambda", "0.75",
                              "--scope", "all", "--out", tmp_path / "out", "--no-cache")
     assert code == 0, err
     assert "truncation error" in out
@@ -237,16 +231,16 @@ def test_scope_all_finds_peft_intruders_and_exports_peft_weights(tiny, tmp_path)
         torch.testing.assert_close(exported[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_rank_extra_loses_nothing_and_loads_everywhere(tiny, tmp_path):
+def test_rank_extra_loses_nothing_and_loads_everywhere(cli, tiny, tmp_path):
     out = tmp_path / "deeper" / "out"  # the relative base path must be re-pointed from here
-    code, stdout, err = spectui("mitigate", tiny / "lora", "--lambda", "0.3", "--scope", "all",
+    code, stdout, err = cli("mitigate", tiny / "lora", "--lambda", "0.3", "--scope", "all",
                                 "--rank-extra", "--out", out, "--no-cache")
     assert code == 0, err
     assert "0.00%" in stdout
     config = json.loads((out / "adapter_config.json").read_text())
     assert set(config["rank_pattern"].values()) == {4}  # r = 2, plus two intruders scaled per module
     comparison = open_comparison(str(tiny / "base"), [str(tiny / "lora")])
-    chosen = plan(comparison, 0, scan_results(comparison), scope="all")
+    chosen = plan(scan_results(comparison), 0, scope="all")
     wanted = dict(mitigated_weights(comparison, chosen, 0.3))
     merged = peft_model(tiny / "base", out).merge_and_unload().state_dict()
     assert wanted
@@ -256,15 +250,15 @@ def test_rank_extra_loses_nothing_and_loads_everywhere(tiny, tmp_path):
     assert reopened.tuned[0].pairing.matrices == comparison.tuned[0].pairing.matrices
 
 
-def test_merged_export_is_a_full_checkpoint_of_the_mitigated_weights(tiny, tmp_path):
+def test_merged_export_is_a_full_checkpoint_of_the_mitigated_weights(cli, tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    code, _, err = spectui("mitigate", tiny / "base", tiny / "lora", "--lambda", "0.5", "--merged",
+    code, _, err = cli("mitigate", tiny / "base", tiny / "lora", "--lambda", "0.5", "--merged",
                            "--out", tmp_path / "out", "--no-cache")
     assert code == 0, err
     assert files_of(tmp_path / "out") == files_of(tiny / "base")
     comparison = open_comparison(str(tiny / "base"), [str(tiny / "lora")])
-    wanted = dict(mitigated_weights(comparison, plan(comparison, 0, scan_results(comparison)), 0.5))
+    wanted = dict(mitigated_weights(comparison, plan(scan_results(comparison), 0), 0.5))
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
     merged_lora = peft_model(tiny / "base", tiny / "lora").merge_and_unload().state_dict()
     for name in merged_lora:
@@ -273,8 +267,8 @@ def test_merged_export_is_a_full_checkpoint_of_the_mitigated_weights(tiny, tmp_p
     assert open_comparison(str(tiny / "base"), [str(tmp_path / "out")]).tuned[0].pairing.matrices
 
 
-def test_adapter_at_lambda_one_keeps_its_tensors(tiny, tmp_path):
-    code, _, err = spectui("mitigate", tiny / "lora", "--lambda", "1", "--out", tmp_path / "out",
+def test_adapter_at_lambda_one_keeps_its_tensors(cli, tiny, tmp_path):
+    code, _, err = cli("mitigate", tiny / "lora", "--lambda", "1", "--out", tmp_path / "out",
                            "--no-cache")
     assert code == 0, err
     before, after = load_file(tiny / "lora" / "adapter_model.safetensors"), tensors_of(tmp_path / "out")
@@ -312,11 +306,11 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tiny, tmp_path):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(cli, case, tiny, tmp_path):
     make, phrase = BAD[case]
     models = make(tiny, tmp_path)
     before = files_of(tmp_path)
-    code, out, err = spectui("mitigate", *models, "--lambda", "0.5", "--out", tmp_path / "out",
+    code, out, err = cli("mitigate", *models, "--lambda", "0.5", "--out", tmp_path / "out",
                              "--no-cache")
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0 and phrase in err and "Traceback" not in err
@@ -325,24 +319,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tiny, tmp_path
         assert files_of(tmp_path / "out") == ["keep.txt"]
 
 
-def test_force_replaces_an_existing_out(tiny, tmp_path):
+def test_force_replaces_an_existing_out(cli, tiny, tmp_path):
     _existing_out(tiny, tmp_path)
-    code, _, err = spectui("mitigate", tiny / "lora", "--lambda", "0.5", "--out", tmp_path / "out",
+    code, _, err = cli("mitigate", tiny / "lora", "--lambda", "0.5", "--out", tmp_path / "out",
                            "--force", "--no-cache")
     assert code == 0, err
     assert "keep.txt" not in files_of(tmp_path / "out") and files_of(tmp_path) == ["out"]
 
 
-def test_out_may_not_replace_a_source(tiny):
-    code, _, err = spectui("mitigate", tiny / "lora", "--lambda", "0.5", "--out", tiny, "--force",
+def test_out_may_not_replace_a_source(cli, tiny):
+    code, _, err = cli("mitigate", tiny / "lora", "--lambda", "0.5", "--out", tiny, "--force",
                            "--no-cache")
     assert code == 2 and "would replace the source" in err
 
 
 @pytest.mark.parametrize("lam", ["2.5", "-0.1"])
-def test_lambda_outside_0_2_exits_2(tiny, tmp_path, lam):
+def test_lambda_outside_0_2_exits_2(cli, tiny, tmp_path, lam):
     with pytest.raises(SystemExit) as exit_:
-        spectui("mitigate", tiny / "lora", "--lambda", lam, "--out", tmp_path / "out")
+        cli("mitigate", tiny / "lora", "--lambda", lam, "--out", tmp_path / "out")
     assert exit_.value.code == 2 and not (tmp_path / "out").exists()
 
 
@@ -353,7 +347,7 @@ ORIENTATIONS = {
 
 
 @pytest.mark.parametrize("case", list(ORIENTATIONS))
-def test_exports_hold_the_mitigated_weights_in_any_orientation(case, tmp_path):
+def test_exports_hold_the_mitigated_weights_in_any_orientation(cli, case, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -362,13 +356,13 @@ def test_exports_hold_the_mitigated_weights_in_any_orientation(case, tmp_path):
     base.save_pretrained(tmp_path / "base")
     save_adapter(lora_model(base, r=2, lora_alpha=4, **lora_kwargs), tmp_path / "lora")
     for form in ("--rank-extra", "--merged"):
-        code, _, err = spectui("mitigate", tmp_path / "base", tmp_path / "lora", "--lambda", "0.25",
+        code, _, err = cli("mitigate", tmp_path / "base", tmp_path / "lora", "--lambda", "0.25",
                                "--scope", "all", form, "--include-embeddings", "--out", tmp_path / form,
                                "--no-cache")
         assert code == 0, err
     comparison = open_comparison(str(tmp_path / "base"), [str(tmp_path / "lora")],
                                  include_embeddings=True)
-    chosen = plan(comparison, 0, scan_results(comparison), scope="all")
+    chosen = plan(scan_results(comparison), 0, scope="all")
     adapter = PeftModel.from_pretrained(make_base(), tmp_path / "--rank-extra")
     exports = {
         "adapter": adapter.merge_and_unload().state_dict(),

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from models import lora_model, perturbed, save_adapter, tiny_llama
-from test_mitigate import spectui
 
 TEXT = (
     "Exceptions are a means of breaking out of the normal flow of control of a code block in order "
@@ -51,8 +50,8 @@ def lm(tmp_path_factory):
     return root
 
 
-def probe_json(*args):
-    code, out, err = spectui("probe", *args, "--json", "--no-cache")
+def probe_json(cli, *args):
+    code, out, err = cli("probe", *args, "--json", "--no-cache")
     assert code == 0, err
     return json.loads(out)
 
@@ -68,11 +67,11 @@ def causal_loss(model, sequences):
     return total / count
 
 
-def test_probe_equals_direct_forward_passes(lm):
+def test_probe_equals_direct_forward_passes(cli, lm):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    data = probe_json(lm / "base", lm / "lora", "--text", lm / "ref.txt", "--task", lm / "task.jsonl",
+    data = probe_json(cli, lm / "base", lm / "lora", "--text", lm / "ref.txt", "--task", lm / "task.jsonl",
                       "--lambda-sweep", "0,1", "--max-tokens", "48", "--scope", "all")
     tok = AutoTokenizer.from_pretrained(lm / "base")
     reference = [tok(TEXT, add_special_tokens=False)["input_ids"][:48]]
@@ -92,12 +91,12 @@ def test_probe_equals_direct_forward_passes(lm):
     assert data["models"][0]["intruders_scaled"] > 0
 
 
-def test_mitigated_row_equals_the_exported_merged_model(lm, tmp_path):
+def test_mitigated_row_equals_the_exported_merged_model(cli, lm, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    data = probe_json(lm / "base", lm / "lora", "--text", lm / "ref.txt", "--lambda-sweep", "0.25",
+    data = probe_json(cli, lm / "base", lm / "lora", "--text", lm / "ref.txt", "--lambda-sweep", "0.25",
                       "--max-tokens", "40")
-    code, _, err = spectui("mitigate", lm / "base", lm / "lora", "--lambda", "0.25", "--merged",
+    code, _, err = cli("mitigate", lm / "base", lm / "lora", "--lambda", "0.25", "--merged",
                            "--out", tmp_path / "merged", "--no-cache")
     assert code == 0, err
     tok = AutoTokenizer.from_pretrained(lm / "base")
@@ -107,7 +106,7 @@ def test_mitigated_row_equals_the_exported_merged_model(lm, tmp_path):
     assert data["rows"][-1]["reference_loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_masked_lm_pseudo_loss_masks_every_token_once(tmp_path):
+def test_masked_lm_pseudo_loss_masks_every_token_once(cli, tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
     from spectui.probe import MLM_GROUPS
@@ -121,7 +120,7 @@ def test_masked_lm_pseudo_loss_masks_every_token_once(tmp_path):
     tok.save_pretrained(tmp_path / "base")
     perturbed(base, scale=0.5).save_pretrained(tmp_path / "full")
     (tmp_path / "ref.txt").write_text(TEXT)
-    data = probe_json(tmp_path / "base", tmp_path / "full", "--text", tmp_path / "ref.txt",
+    data = probe_json(cli, tmp_path / "base", tmp_path / "full", "--text", tmp_path / "ref.txt",
                       "--lambda-sweep", "1", "--max-tokens", "30")
     content = tok(TEXT, add_special_tokens=False)["input_ids"][:30]
     ids = torch.tensor([[tok.cls_token_id, *content, tok.sep_token_id]])
@@ -137,7 +136,7 @@ def test_masked_lm_pseudo_loss_masks_every_token_once(tmp_path):
         assert row["reference_loss"] == pytest.approx(sum(losses) / 30, rel=1e-5)
 
 
-def test_classifier_task_loss_and_accuracy(tmp_path):
+def test_classifier_task_loss_and_accuracy(cli, tmp_path):
     from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
     tok = tokenizer(CAUSAL_SPECIALS)
@@ -152,7 +151,7 @@ def test_classifier_task_loss_and_accuracy(tmp_path):
     (tmp_path / "ref.txt").write_text(TEXT)
     rows = [{"text": t, "label": i % 2} for i, t in enumerate(TASK * 3)]
     (tmp_path / "task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = probe_json(tmp_path / "base", tmp_path / "cls", "--text", tmp_path / "ref.txt",
+    data = probe_json(cli, tmp_path / "base", tmp_path / "cls", "--text", tmp_path / "ref.txt",
                       "--task", tmp_path / "task.jsonl", "--lambda-sweep", "1")
     base_row, tuned_row, _ = data["rows"]
     assert base_row["task_loss"] is None  # BASE has no trained head
@@ -167,9 +166,9 @@ def test_classifier_task_loss_and_accuracy(tmp_path):
 
 
 @pytest.mark.parametrize("option", ["--text", "--task"])
-def test_missing_text_file_exits_2_with_one_line(lm, tmp_path, option):
+def test_missing_text_file_exits_2_with_one_line(cli, lm, tmp_path, option):
     files = {"--text": lm / "ref.txt", "--task": lm / "task.jsonl", option: tmp_path / "absent.txt"}
     options = [str(part) for option_and_file in files.items() for part in option_and_file]
-    code, out, err = spectui("probe", lm / "base", lm / "lora", *options, "--no-cache")
+    code, out, err = cli("probe", lm / "base", lm / "lora", *options, "--no-cache")
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0 and "absent.txt: no such file" in err

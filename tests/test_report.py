@@ -1,6 +1,5 @@
 """Several fine-tunes of one base, and the reports that share them: HTML (in a browser), Markdown, CSV."""
 
-import contextlib
 import csv
 import io
 import json
@@ -13,10 +12,10 @@ from models import lora_model, save_adapter, tiny_llama
 import spectui.engine as engine
 from spectui.cache import Cache
 from spectui.checkpoint.comparison import open_comparison
-from spectui.checkpoint.pairing import short_name
-from spectui.cli import main
-from spectui.reports import html as html_report
-from spectui.reports import write_report
+from spectui.checkpoint.names import short_name
+from spectui.report import html as html_report
+from spectui.report import write_report
+from spectui.results import ScanResults
 
 
 @pytest.fixture(scope="module")
@@ -28,37 +27,30 @@ def three(tiny, tmp_path_factory):
     return [tiny / "lora", tiny / "full", root / "lora4"]
 
 
-def cli(*args) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main([str(a) for a in args])
-    return code, out.getvalue()
-
-
 @pytest.fixture(scope="module")
-def written(tiny, three, tmp_path_factory):
+def written(cli, tiny, three, tmp_path_factory):
     """One `spectui report` run writing all three formats, and the JSON of the same scan."""
     out = tmp_path_factory.mktemp("report")
-    code, printed = cli("report", tiny / "base", *three, "--out", out / "report.html",
+    code, printed, _ = cli("report", tiny / "base", *three, "--out", out / "report.html",
                         "--markdown", out / "report.md", "--csv", out / "report.csv", "--cache-dir", out / "cache")
     assert code == 0
     assert printed.split() == [str(out / name) for name in ("report.html", "report.md", "report.csv")]
-    code, scanned = cli("scan", tiny / "base", *three, "--json", "--cache-dir", out / "cache")
+    code, scanned, _ = cli("scan", tiny / "base", *three, "--json", "--cache-dir", out / "cache")
     assert code == 0
     return out, json.loads(scanned)
 
 
-def test_three_tuned_models_decompose_the_base_once_and_total_as_single_scans(tiny, three, monkeypatch):
+def test_three_tuned_models_decompose_the_base_once_and_total_as_single_scans(cli, tiny, three, monkeypatch):
     calls = []
     real = engine.decompose
     monkeypatch.setattr(engine, "decompose", lambda w: calls.append(w.shape) or real(w))
-    code, out = cli("scan", tiny / "base", *three, "--json", "--no-cache")
+    code, out, _ = cli("scan", tiny / "base", *three, "--json", "--no-cache")
     joint = json.loads(out)["models"]
     base_matrices = open_comparison(str(tiny / "base"), [str(p) for p in three]).matrix_names()
     assert code == 0 and len(calls) == len(base_matrices) == 14  # engine.decompose is the base side only
     monkeypatch.setattr(engine, "decompose", real)
     for record, path in zip(joint, three):
-        code, out = cli("scan", tiny / "base", path, "--json", "--no-cache")
+        code, out, _ = cli("scan", tiny / "base", path, "--json", "--no-cache")
         single = json.loads(out)
         assert code == 0 and record["label"] == single["label"] == path.name
         assert record["total_intruders"] == single["total_intruders"]
@@ -136,36 +128,36 @@ def test_csv_matches_the_json(written):
 def scanned(tiny, three, written):
     """The comparison and the scan behind `written`, in this process (read back from its cache)."""
     comparison = open_comparison(str(tiny / "base"), [str(p) for p in three])
-    return comparison, engine.Scan(comparison, Cache(written[0] / "cache"), device="cpu").run()
+    scan = engine.Scan(comparison, Cache(written[0] / "cache"), device="cpu").run()
+    return ScanResults(comparison, scan.results, scan.errors)
 
 
 @pytest.mark.slow
 def test_reports_are_byte_for_byte_reproducible(written, scanned, tmp_path):
-    comparison, scan = scanned
-    again = write_report(comparison, scan.results, scan.errors, 10, 0.5, tmp_path / "again.html")
+    again = write_report(scanned, 10, 0.5, tmp_path / "again.html")
     assert again.read_bytes() == (written[0] / "report.html").read_bytes()
 
 
 def test_matrix_figures_are_capped_and_the_rest_counted(written, scanned, tmp_path, monkeypatch):
-    comparison, scan = scanned
     monkeypatch.setattr(html_report, "MAX_MATRIX_FIGURES", 2)
-    capped = write_report(comparison, scan.results, scan.errors, 10, 0.5, tmp_path / "capped.htm").read_text()
+    capped = write_report(scanned, 10, 0.5, tmp_path / "capped.htm").read_text()
     with_intruders = {m["name"] for r in written[1]["models"] for m in r["matrices"] if m["intruders"]}
     assert capped.count("<figure>") == 2
     assert f"({len(with_intruders) - 2} more not drawn" in capped
 
 
-def test_bad_output_names_exit_2_in_one_line(tiny, tmp_path, capsys):
-    assert main(["report", str(tiny / "lora"), "--out", str(tmp_path / "report.txt")]) == 2
-    assert _lines(capsys.readouterr().err) == [f"spectui: error: --out {tmp_path / 'report.txt'}: cannot tell the "
-                                               "report format from '.txt' (use .html, .md or .csv)"]
+def test_bad_output_names_exit_2_in_one_line(cli, tiny, tmp_path):
+    ran = cli("report", tiny / "lora", "--out", tmp_path / "report.txt")
+    assert ran.code == 2
+    assert _lines(ran.err) == [f"spectui: error: {tmp_path / 'report.txt'}: cannot tell the "
+                               "report format from '.txt' (use .html, .md or .csv)"]
     (tmp_path / "file").write_text("")
-    assert main(["report", str(tiny / "lora"), "--csv", str(tmp_path / "file" / "r.csv"), "--no-cache"]) == 2
-    lines = _lines(capsys.readouterr().err)
-    assert len(lines) == 1 and "r.csv: cannot write the report" in lines[0]
-    assert main(["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")]) == 2
-    lines = _lines(capsys.readouterr().err)
-    assert len(lines) == 1 and "nope" in lines[0] and not (tmp_path / "r.html").exists()
+    ran = cli("report", tiny / "lora", "--csv", tmp_path / "file" / "r.csv", "--no-cache")
+    lines = _lines(ran.err)
+    assert ran.code == 2 and len(lines) == 1 and "r.csv: cannot write the report" in lines[0]
+    ran = cli("report", tmp_path / "nope", "--out", tmp_path / "r.html")
+    lines = _lines(ran.err)
+    assert ran.code == 2 and len(lines) == 1 and "nope" in lines[0] and not (tmp_path / "r.html").exists()
 
 
 def _lines(err: str) -> list[str]:

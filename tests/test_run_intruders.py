@@ -7,7 +7,6 @@ import shutil
 import threading
 
 from spectui.cache import Cache
-from spectui.cli import main
 from spectui.finetune.runs import Run, State, create_run
 from spectui.finetune.spec import RunSpec
 from spectui.run_intruders import follow_runs, intruders_path, read_intruders, scan_new_checkpoints
@@ -21,24 +20,23 @@ def run_with_checkpoints(root, base, checkpoints: dict[int, object]) -> Run:
     return run
 
 
-def spectui_scan(capsys, base, tuned, cache_dir, *options) -> dict:
-    capsys.readouterr()
-    assert main(["scan", str(base), str(tuned), "--json", "--device", "cpu",
-                 "--cache-dir", str(cache_dir), *options]) == 0
-    return json.loads(capsys.readouterr().out)
+def spectui_scan(cli, base, tuned, cache_dir, *options) -> dict:
+    ran = cli("scan", base, tuned, "--json", "--device", "cpu", "--cache-dir", cache_dir, *options)
+    assert ran.code == 0
+    return json.loads(ran.out)
 
 
-def test_checkpoints_are_scanned_once_with_the_counts_of_spectui_scan(tiny, tmp_path, capsys):
+def test_checkpoints_are_scanned_once_with_the_counts_of_spectui_scan(cli, tiny, tmp_path):
     run = run_with_checkpoints(tmp_path, tiny / "base", {2: tiny / "lora", 4: tiny / "full"})
     cache = Cache(tmp_path / "cache")
     added = scan_new_checkpoints(run, cache, device="cpu")
     lines = intruders_path(run).read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [2, 4] == [p.step for p in added]
     for point, (_, checkpoint) in zip(read_intruders(run), run.checkpoints()):
-        scanned = spectui_scan(capsys, tiny / "base", checkpoint / "model", tmp_path / "cli-cache")
+        scanned = spectui_scan(cli, tiny / "base", checkpoint / "model", tmp_path / "cli-cache")
         assert point.total_intruders == scanned["total_intruders"]
         assert point.per_matrix == {m["name"]: m["intruders"] for m in scanned["matrices"]}
-        other = spectui_scan(capsys, tiny / "base", checkpoint / "model", tmp_path / "cli-cache",
+        other = spectui_scan(cli, tiny / "base", checkpoint / "model", tmp_path / "cli-cache",
                              "--k", "5", "--eps", "0.73")
         assert point.total(5, 0.73) == other["total_intruders"]
     assert sum(point.total_intruders for point in added) > 0

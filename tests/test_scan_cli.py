@@ -11,21 +11,13 @@ import pytest
 from naive import naive_intruders
 from safetensors.torch import load_file, save_file
 
-from spectui.cli import main
-
 REQUIRED = {"base", "tuned", "k", "epsilon", "total_intruders", "skipped", "matrices"}
 MATRIX_KEYS = {"name", "shape", "intruders", "intruder_ranks", "max_cos", "sigma_base", "sigma_tuned",
                "delta_rel_norm", "delta_effective_rank"}
 
 
-def scan(capsys, *args):
-    code = main(["scan", *map(str, args)])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_json_schema_and_counts_match_naive(tiny, cache_dir, capsys):
-    code, out, _ = scan(capsys, tiny / "base", tiny / "lora", "--json", "--cache-dir", cache_dir)
+def test_json_schema_and_counts_match_naive(cli, tiny, cache_dir):
+    code, out, _ = cli("scan", tiny / "base", tiny / "lora", "--json", "--cache-dir", cache_dir)
     assert code == 0
     data = json.loads(out)
     assert set(data) >= REQUIRED
@@ -52,32 +44,32 @@ def _merged(tiny):
     return PeftModel.from_pretrained(model, tiny / "lora").merge_and_unload().state_dict()
 
 
-def test_k_and_eps_options(tiny, cache_dir, capsys):
-    code, out, _ = scan(capsys, tiny / "lora", "--json", "--k", "1", "--eps", "0.9", "--cache-dir", cache_dir)
+def test_k_and_eps_options(cli, tiny, cache_dir):
+    code, out, _ = cli("scan", tiny / "lora", "--json", "--k", "1", "--eps", "0.9", "--cache-dir", cache_dir)
     data = json.loads(out)
     assert code == 0 and data["k"] == 1 and data["epsilon"] == 0.9
     assert all(len(m["max_cos"]) == 1 and m["intruders"] <= 1 for m in data["matrices"])
 
 
-def test_several_tuned_models_give_one_record_each(tiny, cache_dir, capsys):
-    code, out, _ = scan(capsys, tiny / "base", tiny / "lora", tiny / "full", "--json", "--cache-dir", cache_dir)
+def test_several_tuned_models_give_one_record_each(cli, tiny, cache_dir):
+    code, out, _ = cli("scan", tiny / "base", tiny / "lora", tiny / "full", "--json", "--cache-dir", cache_dir)
     data = json.loads(out)
     assert code == 0 and [m["label"] for m in data["models"]] == ["lora", "full"]
     assert len(data["models"][1]["matrices"]) == 14
     assert all(set(m) >= REQUIRED for m in data["models"])
 
 
-def test_csv_matches_json(tiny, cache_dir, capsys):
-    _, out_json, _ = scan(capsys, tiny / "base", tiny / "full", "--json", "--cache-dir", cache_dir)
-    _, out_csv, _ = scan(capsys, tiny / "base", tiny / "full", "--csv", "--cache-dir", cache_dir)
+def test_csv_matches_json(cli, tiny, cache_dir):
+    _, out_json, _ = cli("scan", tiny / "base", tiny / "full", "--json", "--cache-dir", cache_dir)
+    _, out_csv, _ = cli("scan", tiny / "base", tiny / "full", "--csv", "--cache-dir", cache_dir)
     rows = list(csv.DictReader(io.StringIO(out_csv)))
     matrices = json.loads(out_json)["matrices"]
     assert [r["name"] for r in rows] == [m["name"] for m in matrices]
     assert [int(r["intruders"]) for r in rows] == [m["intruders"] for m in matrices]
 
 
-def test_table_output(tiny, cache_dir, capsys):
-    code, out, _ = scan(capsys, tiny / "base", tiny / "lora", tiny / "full", "--cache-dir", cache_dir)
+def test_table_output(cli, tiny, cache_dir):
+    code, out, _ = cli("scan", tiny / "base", tiny / "lora", tiny / "full", "--cache-dir", cache_dir)
     assert code == 0
     assert "Intruder dimensions" in out and "lora" in out and "layers.0.self_attn.q_proj" in out
 
@@ -136,10 +128,10 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_exits_2_with_one_line_naming_the_file(case, tiny, tmp_path, cache_dir, capsys):
+def test_bad_input_exits_2_with_one_line_naming_the_file(cli, case, tiny, tmp_path, cache_dir):
     make, phrase = BAD[case]
     tuned = make(tiny, tmp_path)
-    code, out, err = scan(capsys, tiny / "base", tuned, "--json", "--cache-dir", cache_dir)
+    code, out, err = cli("scan", tiny / "base", tuned, "--json", "--cache-dir", cache_dir)
     assert code == 2
     assert out == ""
     lines = [line for line in err.splitlines() if line.strip()]
@@ -148,13 +140,13 @@ def test_bad_input_exits_2_with_one_line_naming_the_file(case, tiny, tmp_path, c
     assert str(tuned.name) in lines[0]
 
 
-def test_bad_device_and_arguments(tiny, capsys):
-    assert scan(capsys, tiny / "lora", "--device", "cuda:7")[0] == 2
+def test_bad_device_and_arguments(cli, tiny):
+    assert cli("scan", tiny / "lora", "--device", "cuda:7")[0] == 2
     with pytest.raises(SystemExit) as exit_:
-        main(["scan", "--eps", "2"])
+        cli("scan", "--eps", "2")
     assert exit_.value.code == 2
     with pytest.raises(SystemExit) as exit_:
-        main(["scan", "--device", "tpu"])
+        cli("scan", "--device", "tpu")
     assert exit_.value.code == 2
 
 

@@ -10,8 +10,7 @@ import pytest
 from chromium import needs_chromium, page_terminal_text
 from textual_serve.server import Server
 
-from spectui.cli import main
-from spectui.serve import app_argv, is_loopback
+from spectui.cli.serve import app_argv, is_loopback
 
 
 @pytest.fixture
@@ -27,28 +26,29 @@ def test_browser_sessions_run_the_same_command_without_the_serve_options():
     assert app_argv(argv) == ["base", "lora", "--k", "3", "--eps", "0.4"]
 
 
-def test_loopback_by_default_with_ssh_instructions(tiny, served, capsys):
-    assert main(["--serve", str(tiny / "base"), str(tiny / "lora"), "--k", "3"]) == 0
+def test_loopback_by_default_with_ssh_instructions(cli, tiny, served):
+    code, _, err = cli("--serve", tiny / "base", tiny / "lora", "--k", "3")
+    assert code == 0
     (server,) = served
     assert (server.host, server.port) == ("127.0.0.1", 8000)
     assert server.command.endswith(f"-m spectui {tiny / 'base'} {tiny / 'lora'} --k 3")
-    err = capsys.readouterr().err
     assert "ssh -L 8000:127.0.0.1:8000" in err and "warning" not in err
 
 
-def test_a_public_address_is_warned_about(tiny, served, capsys):
-    assert main(["--serve", "--host", "0.0.0.0", "--port", "8123", str(tiny / "lora")]) == 0
+def test_a_public_address_is_warned_about(cli, tiny, served):
+    code, _, err = cli("--serve", "--host", "0.0.0.0", "--port", "8123", tiny / "lora")
+    assert code == 0
     assert (served[0].host, served[0].port) == ("0.0.0.0", 8123)
-    err = capsys.readouterr().err
     assert "warning: 0.0.0.0 is not a loopback address" in err
     assert [is_loopback(h) for h in ("localhost", "127.0.0.2", "::1", "0.0.0.0", "example.org")] == \
            [True, True, True, False, False]
 
 
-def test_bad_paths_fail_before_serving(tmp_path, served, capsys):
-    assert main(["--serve", str(tmp_path / "base"), str(tmp_path / "lora")]) == 2
+def test_bad_paths_fail_before_serving(cli, tmp_path, served):
+    code, _, err = cli("--serve", tmp_path / "base", tmp_path / "lora")
+    assert code == 2
     assert served == []
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "no such file" in lines[0]
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays 
     import torch
 
 from spectui.checkpoint.files import CheckpointError, TensorStore, read_json, weight_files
+from spectui.checkpoint.names import MatrixSpec, normalise
 
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
@@ -163,3 +164,88 @@ def _pattern_value(patterns: dict, module: str, default):
 
 def _fmt(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
+
+
+class AdaptedModel:
+    """The tuned weights a LoRA adapter stands for: base tensors, merged on read."""
+
+    def __init__(self, base: TensorStore, adapter: LoraAdapter):
+        self.base = base
+        self.adapter = adapter
+        self.path = adapter.path
+        by_norm = {normalise(n): n for n in base.names()}
+        self._modules: dict[str, LoraModule] = {}
+        self._replaced: dict[str, str] = {}
+        for weight_name, module in adapter.modules.items():
+            base_name = by_norm.get(normalise(weight_name))
+            if base_name is None:
+                raise CheckpointError(
+                    adapter.store.path,
+                    f"adapts {module.module}, which the base {base.path} does not have; "
+                    "the adapter was made for another base model",
+                )
+            adapter.check_fits(module, base.shape(base_name))
+            self._modules[base_name] = module
+        for weight_name, key in adapter.replacements.items():
+            base_name = by_norm.get(normalise(weight_name), weight_name)
+            self._replaced[base_name] = key
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> dict:
+        return self.base.config
+
+    @property
+    def description(self) -> str:
+        cfg = self.adapter.config
+        kind = "DoRA" if cfg.get("use_dora") else "rsLoRA" if cfg.get("use_rslora") else "LoRA"
+        return f"{kind} r={cfg.get('r')} α={cfg.get('lora_alpha')}"
+
+    is_adapter = True
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.adapter.config.get("task_type") == "SEQ_CLS"
+
+    @property
+    def layout(self) -> TensorStore:
+        return self.base
+
+    def warnings(self) -> list[str]:
+        return self.adapter.warnings()
+
+    def refittable(self) -> LoraAdapter:
+        return self.adapter
+
+    def names(self) -> list[str]:
+        extra = [n for n in self._replaced if n not in self.base]
+        return self.base.names() + extra
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.base or name in self._replaced
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self._replaced:
+            return self.adapter.store.shape(self._replaced[name])
+        return self.base.shape(name)
+
+    def changes(self, name: str) -> bool:
+        return name in self._modules or name in self._replaced
+
+    def load(self, name: str) -> torch.Tensor:
+        """A saved replacement stands in for the base weight; LoRA, if any, applies on top (as PEFT loads)."""
+        replaced = name in self._replaced
+        w = self.adapter.store.load(self._replaced[name]) if replaced else self.base.load(name)
+        return self.adapter.merge(self._modules[name], w) if name in self._modules else w
+
+    def delta_factors(self, spec: MatrixSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """ΔW = B @ A in scan orientation for plain LoRA (not DoRA), so its spectrum costs O(r²)."""
+        module = self._modules.get(spec.name)
+        if module is None or module.magnitude_key is not None or spec.name in self._replaced:
+            return None
+        b, a = self.adapter.factors(module)
+        # The scan orientation is (out, in) for linear layers and stored for embeddings.
+        return (a.T, b.T) if module.embedding else (b, a)

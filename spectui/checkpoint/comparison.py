@@ -5,14 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from spectui.checkpoint.adapters import LoraAdapter, is_adapter_dir
+from spectui.checkpoint.adapters import AdaptedModel, LoraAdapter, is_adapter_dir
 from spectui.checkpoint.files import CheckpointError, TensorStore, locate, open_store
-from spectui.checkpoint.pairing import AdaptedModel, MatrixSpec, Pairing, open_model, pair
+from spectui.checkpoint.names import MatrixSpec
+from spectui.checkpoint.pairing import Pairing, pair
+from spectui.checkpoint.source import WeightSource
 
 
 @dataclass
 class TunedModel:
-    source: TensorStore | AdaptedModel
+    source: WeightSource
     pairing: Pairing
     label: str
 
@@ -22,11 +24,7 @@ class TunedModel:
 
     @property
     def description(self) -> str:
-        if isinstance(self.source, AdaptedModel):
-            cfg = self.source.adapter.config
-            kind = "DoRA" if cfg.get("use_dora") else "rsLoRA" if cfg.get("use_rslora") else "LoRA"
-            return f"{kind} r={cfg.get('r')} α={cfg.get('lora_alpha')}"
-        return "full checkpoint"
+        return self.source.description
 
     def spec(self, name: str) -> MatrixSpec | None:
         return self._by_name.get(name)
@@ -50,8 +48,7 @@ class Comparison:
     def add(self, path: Path, include_embeddings: bool = False) -> int:
         """Open one more tuned model against the same base; returns its index."""
         source = open_model(locate(str(path)), self.base)
-        if isinstance(source, AdaptedModel):
-            self.warnings += source.adapter.warnings()
+        self.warnings += source.warnings()
         self.tuned.append(TunedModel(source, pair(self.base, source, include_embeddings), source.label))
         for model, label in zip(self.tuned, _labels([m.path for m in self.tuned])):
             model.label = label  # a newcomer may make an earlier label ambiguous
@@ -61,9 +58,21 @@ class Comparison:
         return next(m.spec(name) for m in self.tuned if m.spec(name) is not None)
 
 
-def adapter_base(adapter_dir: Path) -> Path:
+def open_model(path: Path, base: TensorStore) -> WeightSource:
+    """A checkpoint, or an adapter applied to `base`."""
+    if not path.exists():
+        raise CheckpointError(path, "no such file or directory")
+    return AdaptedModel(base, open_adapter(path)) if is_adapter_dir(path) else open_store(path)
+
+
+def open_adapter(path: Path) -> LoraAdapter:
+    """An adapter directory's config and factors, read once."""
+    return LoraAdapter(path)
+
+
+def adapter_base(adapter: LoraAdapter) -> Path:
     """The base an adapter names in its config, found locally (path or Hugging Face cache)."""
-    adapter = LoraAdapter(adapter_dir)
+    adapter_dir = adapter.path
     reference = adapter.base_reference
     if not reference:
         raise CheckpointError(adapter.config_file, "names no base_model_name_or_path; pass BASE explicitly")
@@ -82,20 +91,21 @@ def open_comparison(base: str | None, tuned: list[str], include_embeddings: bool
     if not tuned:
         raise CheckpointError(base or ".", "nothing to compare: give a tuned model or an adapter")
     tuned_paths = [locate(t) for t in tuned]
+    first_adapter = None
     if base is None:
         if not is_adapter_dir(tuned_paths[0]):
             raise CheckpointError(tuned_paths[0], "is not a PEFT adapter, so BASE must be given too")
-        base_path = adapter_base(tuned_paths[0])
+        first_adapter = open_adapter(tuned_paths[0])
+        base_path = adapter_base(first_adapter)
     else:
         base_path = locate(base)
     if is_adapter_dir(base_path):
         raise CheckpointError(base_path, "is a PEFT adapter; BASE must be a full checkpoint")
     base_store = open_store(base_path)
     models, warnings = [], []
-    for path, label in zip(tuned_paths, _labels(tuned_paths)):
-        source = open_model(path, base_store)
-        if isinstance(source, AdaptedModel):
-            warnings += source.adapter.warnings()
+    for i, (path, label) in enumerate(zip(tuned_paths, _labels(tuned_paths))):
+        source = AdaptedModel(base_store, first_adapter) if i == 0 and first_adapter else open_model(path, base_store)
+        warnings += source.warnings()
         models.append(TunedModel(source, pair(base_store, source, include_embeddings), label))
     return Comparison(base_store, models, warnings)
 

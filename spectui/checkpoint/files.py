@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spectui.errors import one_line
+from spectui.errors import FileInputError, one_line
 
 if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
     import torch
@@ -26,13 +26,8 @@ _ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
 
-class CheckpointError(Exception):
-    """Bad input, told in one sentence that names the file and the problem."""
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+class CheckpointError(FileInputError):
+    """A checkpoint, adapter or shard that cannot be read as one."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +72,31 @@ class TensorStore:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._infos[name].shape
+
+    # -- as a WeightSource: a full checkpoint is its own layout, and any tensor may have changed --
+    description = "full checkpoint"
+    is_adapter = False
+
+    @property
+    def is_classifier(self) -> bool:
+        architectures = self.config.get("architectures") or ()
+        return any(str(name).endswith("ForSequenceClassification") for name in architectures)
+
+    @property
+    def layout(self) -> TensorStore:
+        return self
+
+    def warnings(self) -> list[str]:
+        return []
+
+    def changes(self, name: str) -> bool:
+        return name in self._infos
+
+    def delta_factors(self, spec) -> None:
+        return None
+
+    def refittable(self) -> None:
+        return None
 
     def load(self, name: str) -> torch.Tensor:
         """Read one tensor. safetensors bytes are read straight into the tensor (no memory map, so

@@ -12,33 +12,17 @@ older ones keep model/, for looking at the weights along the run.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from spectui import atomic
 from spectui.finetune.models import TRAINABLE_FILE, save_output, save_trainable
 from spectui.finetune.runs import Run
 
 STATE_FILE = "state.pt"
-
-
-@contextmanager
-def atomic_dir(destination: Path) -> Iterator[Path]:
-    """A fresh temporary sibling of `destination`, renamed to it only if the block completes."""
-    temporary = destination.with_name(f".{destination.name}.tmp")
-    shutil.rmtree(temporary, ignore_errors=True)  # left over by a killed process
-    temporary.mkdir(parents=True)
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    temporary.rename(destination)
 
 
 def save_checkpoint(run: Run, step: int, elapsed_s: float, model: nn.Module,
@@ -46,7 +30,7 @@ def save_checkpoint(run: Run, step: int, elapsed_s: float, model: nn.Module,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> Path:
     """Write checkpoints/step-N, then drop the resume files of the older checkpoints."""
     spec = run.spec()
-    with atomic_dir(run.checkpoint_dir(step)) as directory:
+    with atomic.directory(run.checkpoint_dir(step)) as directory:
         save_output(model, tokenizer, spec, directory / "model", run.pissa_init_dir)
         if spec.uses_adapter:
             save_trainable(model, directory / TRAINABLE_FILE)

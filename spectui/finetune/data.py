@@ -14,16 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spectui.errors import FileInputError
 from spectui.finetune.spec import RunSpec
 
 SUFFIXES = (".jsonl", ".csv", ".txt")
 
 
-class DataError(ValueError):
+class DataError(FileInputError):
     """A data file that cannot be used."""
-
-    def __init__(self, path: Path, problem: str):
-        super().__init__(f"{path}: {problem}")
 
 
 @dataclass(frozen=True)

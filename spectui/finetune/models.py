@@ -23,14 +23,14 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from spectui.errors import one_line
+from spectui.errors import InputError, one_line
 from spectui.finetune.spec import RunSpec
 
 TRAINABLE_FILE = "trainable.safetensors"  # in a checkpoint: the trainable parameters as trained
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 
 
-class ModelError(Exception):
+class ModelError(InputError):
     """A base model or method setting the run cannot use; the message is for the user."""
 
 

@@ -33,19 +33,19 @@ from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase, get_scheduler
 from transformers.utils import logging as transformers_logging
 
-from spectui.errors import one_line
+from spectui import atomic
+from spectui.errors import InputError, one_line
 from spectui.finetune.batches import IGNORE_INDEX, BatchStream, Features, collate, tokenize
-from spectui.finetune.checkpoints import atomic_dir, restore, resume_point, save_checkpoint
-from spectui.finetune.data import DataError, Example, load_splits
+from spectui.finetune.checkpoints import restore, resume_point, save_checkpoint
+from spectui.finetune.data import Example, load_splits
 from spectui.finetune.models import (
-    ModelError,
     build_model,
     load_tokenizer,
     save_output,
     save_pissa_init,
 )
 from spectui.finetune.runs import Run, State
-from spectui.finetune.spec import RunSpec, SpecError
+from spectui.finetune.spec import RunSpec
 
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 OUT_OF_MEMORY = ("ran out of memory; lower batch_size or max_seq_len (raise grad_accum to keep "
@@ -81,7 +81,7 @@ def execute(run: Run) -> State:
         state, message = State.DONE, ""
     except Cancelled as reason:
         state, message = State.CANCELLED, f"stopped by {reason}"
-    except (TrainingError, ModelError, DataError, SpecError) as error:
+    except (TrainingError, InputError) as error:
         state, message = State.FAILED, str(error)
     except (torch.OutOfMemoryError, MemoryError):
         state, message = State.FAILED, OUT_OF_MEMORY
@@ -105,7 +105,7 @@ def train(run: Run) -> None:
     checkpoint = resume_point(run)
     model = build_model(spec, tokenizer, _num_labels(train_set + eval_set), checkpoint)
     if spec.method == "pissa" and accelerator.is_main_process and not run.pissa_init_dir.exists():
-        with atomic_dir(run.pissa_init_dir) as directory:
+        with atomic.directory(run.pissa_init_dir) as directory:
             save_pissa_init(model, directory)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate, weight_decay=0.0)
@@ -167,7 +167,7 @@ class Loop:
             if self.spec.save_every and self.step % self.spec.save_every == 0:
                 self._save_checkpoint()
         if self.accelerator.is_main_process:
-            with atomic_dir(self.run.output_dir) as directory:
+            with atomic.directory(self.run.output_dir) as directory:
                 save_output(self._unwrapped(), self.tokenizer, self.spec, directory,
                             self.run.pissa_init_dir)
             print(f"output: {self.run.output_dir}", flush=True)

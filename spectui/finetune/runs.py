@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from spectui.atomic import write_text
+from spectui.errors import InputError
 from spectui.finetune.spec import RunSpec, load_spec, save_spec
+from spectui.locations import runs_dir
 
-ROOT_ENV = "SPECTUI_RUNS_DIR"
 RUNNER_MODULE = "spectui.finetune.runner"
 SUPERVISOR_MODULE = "spectui.finetune.supervisor"
 _STEP_DIR = re.compile(r"step-(\d+)")
@@ -53,7 +54,7 @@ class State(StrEnum):
 LIVE = (State.QUEUED, State.RUNNING)
 
 
-class RunError(Exception):
+class RunError(InputError):
     """A run operation that cannot be done; the message says why, in one line."""
 
 
@@ -75,11 +76,6 @@ class RunSummary:
     loss: float | None
     eval_loss: float | None
     eval_accuracy: float | None
-
-
-def runs_root(root: str | Path | None = None) -> Path:
-    """The directory holding runs: the argument, else $SPECTUI_RUNS_DIR, else ./runs."""
-    return Path(root or os.environ.get(ROOT_ENV) or "runs")
 
 
 class Run:
@@ -253,7 +249,7 @@ class Run:
 
 def create_run(spec: RunSpec, root: str | Path | None = None) -> Run:
     """A new run directory holding the resolved spec, queued but not started."""
-    parent = runs_root(root)
+    parent = runs_dir(root)
     parent.mkdir(parents=True, exist_ok=True)
     path = _new_run_dir(parent, spec)
     run = Run(path)
@@ -264,7 +260,7 @@ def create_run(spec: RunSpec, root: str | Path | None = None) -> Run:
 
 def list_runs(root: str | Path | None = None) -> list[Run]:
     """Every run under the root, newest first."""
-    parent = runs_root(root)
+    parent = runs_dir(root)
     if not parent.is_dir():
         return []
     specs = [path / "spec.json" for path in parent.iterdir() if (path / "spec.json").is_file()]
@@ -273,9 +269,9 @@ def list_runs(root: str | Path | None = None) -> list[Run]:
 
 
 def find_run(name: str, root: str | Path | None = None) -> Run:
-    run = Run(runs_root(root) / name)
+    run = Run(runs_dir(root) / name)
     if not (run.path / "spec.json").is_file():
-        raise RunError(f"no run named {name} in {runs_root(root)}")
+        raise RunError(f"no run named {name} in {runs_dir(root)}")
     return run
 
 

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from spectui.errors import InputError
+
 METHODS = ("full", "lora", "rslora", "lora-frozen-a", "dora", "pissa")
 TASKS = ("causal-lm", "classification")
 TARGET_PRESETS = ("attention", "all-linear")
@@ -33,7 +35,7 @@ _KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 _BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A spec that cannot be used; the message says what to fix, in one line."""
 
 

@@ -14,15 +14,22 @@ from textual.worker import get_current_worker
 
 from spectui import atomic
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, TOP_VECTORS
+from spectui.errors import InputError
 from spectui.finetune.runs import LIVE, Run, list_runs
 from spectui.tui.commands import SpectuiCommands
 from spectui.tui.inspector import Inspector
 from spectui.tui.messages import MatrixHighlighted, OpenMatrix, ResultsChanged, ThresholdsChanged
-from spectui.tui.screens.dialogs import HelpScreen, ThresholdsScreen
-from spectui.tui.screens.matrix import MatrixScreen
-from spectui.tui.screens.overview import OverviewScreen
-from spectui.tui.screens.runs import RunsScreen, inspected_base
-from spectui.tui.screens.train import TrainScreen, default_spec
+from spectui.tui.screens import (
+    CompareScreen,
+    HelpScreen,
+    MatrixScreen,
+    MitigateScreen,
+    OverviewScreen,
+    RunsScreen,
+    ThresholdsScreen,
+    TrainScreen,
+)
+from spectui.tui.widgets.matrix_list import MatrixList
 
 REFRESH_SECONDS = 0.5  # results are batched: a scan of thousands of matrices never floods the UI
 
@@ -66,7 +73,7 @@ class SpectuiApp(App):
     def push_screen(self, screen, *args, **kwargs):
         """Keys typed after `q` but read before the app closes (a paste, a fast typist) must not
         open screens on an app that is tearing down."""
-        if getattr(self, "_exit", False):
+        if self.return_code is not None:  # exit() was called
             return AwaitComplete()
         return super().push_screen(screen, *args, **kwargs)
 
@@ -88,13 +95,11 @@ class SpectuiApp(App):
         self.inspector.start(self._on_engine_event).wait()
 
     def add_tuned_model(self, path: Path) -> None:
-        """Add a tuned model (e.g. a finished run) to the comparison and show it."""
-        from spectui.checkpoint.files import CheckpointError
-
+        """Add a tuned model (e.g. a mitigated export) to the comparison and show it."""
         try:
             self.model = self.inspector.add_model(path)
-        except CheckpointError as err:
-            self.notify(str(err), severity="error", timeout=10)
+        except InputError as err:
+            self.notify(str(err), severity="error", timeout=10, markup=False)
 
     def _on_engine_event(self, event) -> None:
         """Called on engine threads: only flags and thread-safe calls here."""
@@ -151,7 +156,7 @@ class SpectuiApp(App):
     # -- fine-tuning runs ---------------------------------------------------------------------
     def action_train(self) -> None:
         if not isinstance(self.screen, TrainScreen):
-            self.push_screen(TrainScreen(default_spec(inspected_base(self))))
+            self.push_screen(TrainScreen(self.inspector.base_dir))
 
     def action_runs(self) -> None:
         if not isinstance(self.screen, RunsScreen):
@@ -183,6 +188,24 @@ class SpectuiApp(App):
                     on_error=lambda run, message: self.call_from_thread(self._unfollow, run, message),
                     device=self.inspector.device, workers=self.inspector.workers)
 
+    def show_run_output(self, run: Run) -> None:
+        """A finished run's output becomes the model shown; back to the overview."""
+        if self._put_run_output(run):
+            while len(self.screen_stack) > 1:
+                self.pop_screen()
+
+    def add_run_output(self, run: Run) -> None:
+        if self._put_run_output(run):
+            self.notify(f"{run.name} is in the comparison; m switches models on the overview")
+
+    def _put_run_output(self, run: Run) -> bool:
+        try:
+            self.model = self.inspector.run_output(run)
+        except InputError as err:
+            self.notify(str(err), severity="error", timeout=15, markup=False)
+            return False
+        return True
+
     def _unfollow(self, run: Run, message: str) -> None:
         self._followed.pop(run.path, None)
         self.notify(message, title=f"{run.name}: checkpoints not scanned", severity="error", timeout=10,
@@ -190,16 +213,11 @@ class SpectuiApp(App):
 
     # -- navigation ---------------------------------------------------------------------------
     def action_compare(self) -> None:
-        from spectui.tui.screens.compare import CompareScreen
-
         if not isinstance(self.screen, CompareScreen):
             self.push_screen(CompareScreen(self.inspector))
 
     def action_mitigate(self) -> None:
         """The Mitigate view, previewing the matrix being looked at."""
-        from spectui.tui.screens.mitigate import MitigateScreen
-        from spectui.tui.widgets.matrix_list import MatrixList
-
         screen = self.screen
         if isinstance(screen, MitigateScreen):
             return
@@ -224,18 +242,17 @@ class SpectuiApp(App):
     # -- export -------------------------------------------------------------------------------
     def action_export(self) -> None:
         """JSON, CSV and a screenshot now; the HTML and Markdown reports follow from a worker."""
-        from spectui.report import scan_csv, scan_json
+        import json
+
+        from spectui.report.records import scan_csv, scan_json
 
         ins = self.inspector
         stem = self.export_dir / f"spectui-{ins.comparison.base.label}-{time.strftime('%Y%m%d-%H%M%S')}"
-        results, errors, k, eps = dict(ins.results), ins.errors, self.k, self.epsilon
+        scan, k, eps = ins.scan_results, self.k, self.epsilon
         try:
-            import json
-
-            data = scan_json(ins.comparison, results, errors, k, eps)
             written = [
-                atomic.write_text(stem.with_suffix(".json"), json.dumps(data) + "\n"),
-                atomic.write_text(stem.with_suffix(".csv"), scan_csv(ins.comparison, results, errors, k, eps)),
+                atomic.write_text(stem.with_suffix(".json"), json.dumps(scan_json(scan, k, eps)) + "\n"),
+                atomic.write_text(stem.with_suffix(".csv"), scan_csv(scan, k, eps)),
                 atomic.write_text(stem.with_suffix(".svg"), self.export_screenshot()),
             ]
         except OSError as err:
@@ -244,15 +261,14 @@ class SpectuiApp(App):
         note = "" if ins.finished else " (scan still running: partial results)"
         self.notify(f"wrote {', '.join(p.name for p in written)} in {stem.parent}{note}; "
                     "HTML report on its way", title="exported")
-        self.write_reports(stem, results, errors, k, eps)
+        self.write_reports(stem, scan, k, eps)
 
     @work(thread=True, group="export", exclusive=True)
-    def write_reports(self, stem: Path, results: dict, errors: dict, k: int, epsilon: float) -> None:
-        from spectui.reports import write_report
+    def write_reports(self, stem: Path, scan, k: int, epsilon: float) -> None:
+        from spectui.report import write_report
 
         try:
-            paths = [write_report(self.inspector.comparison, results, errors, k, epsilon, stem.with_suffix(suffix))
-                     for suffix in (".html", ".md")]
+            paths = [write_report(scan, k, epsilon, stem.with_suffix(suffix)) for suffix in (".html", ".md")]
         except OSError as err:
             self.call_from_thread(self.notify, f"{stem.parent}: cannot write the report ({err.strerror})",
                                   severity="error")

@@ -6,7 +6,7 @@ from functools import partial
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from spectui.checkpoint.pairing import short_name
+from spectui.checkpoint.names import short_name
 
 
 class SpectuiCommands(Provider):

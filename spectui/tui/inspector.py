@@ -1,24 +1,28 @@
-"""The app's one handle on the engine: what is scanned, what has landed, and how it reads at (k, ε).
+"""The app's one handle on the engine and on what acts on its results: what is scanned, what has
+landed, how it reads at (k, ε), mitigation plans, probes and exports, and runs' outputs joining
+the comparison.
 
-Widgets never touch the engine; they ask the Inspector. The engine (and torch) is imported only
-when the scan starts, in a worker, so the window paints first.
+Screens and widgets never touch the engine; they ask the Inspector. The engine (and torch) is
+imported only when the scan starts, in a worker, so the window paints first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectui.checkpoint.comparison import Comparison
-from spectui.checkpoint.pairing import MatrixSpec, layer_and_module, short_name
+from spectui.checkpoint.names import MatrixSpec, layer_and_module, short_name
+from spectui.finetune.runs import Run, RunError, State
+from spectui.results import ScanResults
 
 if TYPE_CHECKING:
     from spectui.engine import Scan, ScanEvent
+    from spectui.mitigate import Plan, Refit
+    from spectui.probe import ProbeRow
     from spectui.spectral import MatrixResult
-
-EPSILON_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the Fig. 4 curve, 0.05 … 0.95
 
 
 @dataclass(frozen=True)
@@ -57,20 +61,6 @@ class RowView:
     count: int = 0
     random_like: bool = False
     delta_rel_norm: float | None = None
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """One tuned model in the comparison view."""
-
-    label: str
-    description: str
-    intruders: int
-    with_intruders: int
-    scanned: int
-    matrices: int
-    median_delta: float | None
-    median_rank: float | None
 
 
 class Inspector:
@@ -177,31 +167,18 @@ class Inspector:
             return RowView(status)
         return RowView(status, result.intruders(k, epsilon), result.base_random_like, result.delta_rel_norm)
 
+    @property
+    def scan_results(self) -> ScanResults:
+        """Everything landed so far, for totals, curves and summaries (the CLI's and reports' type)."""
+        return ScanResults(self.comparison, self.results, self.errors)
+
     def total(self, model: int, k: int, epsilon: float) -> int:
-        return sum(r.intruders(k, epsilon) for (i, _), r in list(self.results.items()) if i == model)
+        return self.scan_results.total(model, k, epsilon)
 
-    def epsilon_curve(self, model: int, k: int) -> list[int]:
-        results = [r for (i, _), r in list(self.results.items()) if i == model]
-        return [sum(r.intruders(k, eps) for r in results) for eps in EPSILON_GRID]
-
-    def k_curve(self, model: int, epsilon: float, ks: list[int]) -> list[int]:
-        """Total intruders as k grows at a fixed ε (paper Fig. 15); max|cos| is kept up to TOP_VECTORS."""
-        results = [r for (i, _), r in list(self.results.items()) if i == model]
-        return [sum(r.intruders(k, epsilon) for r in results) for k in ks]
-
-    def summary(self, model: int, k: int, epsilon: float) -> ModelSummary:
-        import statistics
-
-        results = [r for (i, _), r in list(self.results.items()) if i == model]
-        tuned = self.comparison.tuned[model]
-        return ModelSummary(
-            label=tuned.label, description=tuned.description,
-            intruders=sum(r.intruders(k, epsilon) for r in results),
-            with_intruders=sum(1 for r in results if r.intruders(k, epsilon)),
-            scanned=len(results), matrices=len(tuned.pairing.matrices),
-            median_delta=statistics.median(r.delta_rel_norm for r in results) if results else None,
-            median_rank=statistics.median(r.delta_effective_rank for r in results) if results else None,
-        )
+    def epsilon_curves(self, k: int) -> list[tuple[str, list[int]]]:
+        """(label, intruders at each ε of EPSILON_SWEEP) for every tuned model: the Fig. 4 plot."""
+        scan = self.scan_results
+        return [(label, list(scan.epsilon_curve(i, k).values())) for i, label in enumerate(self.labels)]
 
     def with_intruders(self, model: int, k: int, epsilon: float) -> list[str]:
         return [e.name for e in self.entries(model)
@@ -219,3 +196,62 @@ class Inspector:
     @property
     def finished(self) -> bool:
         return bool(self.scans) and all(s.finished for s in self.scans)
+
+    # -- fine-tuning runs' outputs ------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        """The directory of the base model: what a new fine-tuning run starts from."""
+        path = self.comparison.base.path
+        return path if path.is_dir() else path.parent
+
+    def run_output(self, run: Run) -> int:
+        """The index of a finished run's output in the comparison, added (and scanned) if new; a
+        RunError says why it cannot join."""
+        if (state := run.status().state) is not State.DONE:
+            raise RunError(f"{run.name} has no output: it is {state.value}")
+        output = run.output_dir.resolve()
+        base, ours = Path(run.spec().base).resolve(), self.base_dir.resolve()
+        if base != ours:
+            raise RunError(f"{run.name} fine-tuned {base}, not the inspected base {ours}; open it "
+                           f"with: spectui {base} {output}")
+        paths = [model.path.resolve() for model in self.comparison.tuned]
+        return paths.index(output) if output in paths else self.add_model(output)
+
+    # -- mitigation ---------------------------------------------------------------------------
+    def plan(self, model: int, k: int, epsilon: float, scope: str) -> Plan | None:
+        """The intruders mitigation scales at (k, ε) in this scope; None until the scan is done."""
+        from spectui.mitigate import plan
+
+        return plan(self.scan_results, model, k, epsilon, scope) if self.finished else None
+
+    def probe_sweep(self, chosen: Plan, text: Path, task: Path | None,
+                    lambdas: Sequence[float]) -> Iterator[ProbeRow]:
+        """The base, the tuned model, then the model mitigated at each λ: rows as they are scored."""
+        from spectui.probe import Probe, ProbeRow, model_sweep
+
+        source = self.comparison.tuned[chosen.model_index].source
+        probe = Probe(self.comparison.base.path, text, task, classification=source.is_classifier)
+        yield ProbeRow("base", None, *probe.score())
+        yield from model_sweep(probe, self.comparison, chosen, lambdas)
+
+    def export(self, chosen: Plan, lam: float, out: Path) -> list[Refit]:
+        """Write the mitigated model (the input's kind); refused before any work if `out` is taken."""
+        from spectui.mitigate import check_export, export
+
+        check_export(self.comparison, chosen.model_index, out, force=False)
+        return export(self.comparison, chosen, lam, out)
+
+
+def next_with_intruders(order: list[str], current: str | None, flagged: set[str], step: int) -> str | None:
+    """The next (step 1) or previous (step -1) name in `order` that is flagged, wrapping around."""
+    candidates = [n for n in order if n in flagged]
+    if not candidates:
+        return None
+    if current not in order:
+        return candidates[0 if step > 0 else -1]
+    start = order.index(current)
+    for offset in range(1, len(order) + 1):
+        name = order[(start + step * offset) % len(order)]
+        if name in flagged:
+            return name
+    return None

@@ -19,13 +19,6 @@ class ThresholdsChanged(Message):
     """k, ε or the tuned model shown changed: everything re-reads stored results, no new SVD."""
 
 
-class MatrixFailed(Message):
-    def __init__(self, name: str, text: str) -> None:
-        super().__init__()
-        self.name = name
-        self.text = text
-
-
 class OpenMatrix(Message):
     """Ask the app to show one matrix in detail."""
 

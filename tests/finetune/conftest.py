@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spectui.cli import build_command_parser as build_parser
-from spectui.cli import main
+from spectui.cli import build_command_parser
 
 WORDS = ["the", "a", "big", "small", "cat", "dog", "bird", "sat", "ran", "flew", "on", "under",
          "red", "blue", "green", "mat", "log", "tree"]
@@ -68,10 +67,4 @@ def label_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def spectui() -> argparse.ArgumentParser:
-    return build_parser()
-
-
-@pytest.fixture
-def cli():
-    """Run `spectui ARGS...` in-process; returns the exit code."""
-    return lambda *argv: main([str(arg) for arg in argv])
+    return build_command_parser()

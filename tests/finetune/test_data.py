@@ -54,30 +54,30 @@ def test_bad_file_gives_one_line_naming_file_and_problem(tmp_path, name, content
 
 @pytest.mark.parametrize(("name", "content", "task", "problem"), BAD_FILES[:11])
 def test_train_reports_bad_data_with_exit_2_before_launching(
-        cli, capsys, tiny_base, tmp_path, name, content, task, problem):
+        cli, tiny_base, tmp_path, name, content, task, problem):
     write(tmp_path / name, content)
-    code = cli("train", "--base", tiny_base, "--data", tmp_path / name, "--task", task,
-               "--runs-dir", tmp_path / "runs")
-    err = capsys.readouterr().err
+    code, _, err = cli("train", "--base", tiny_base, "--data", tmp_path / name, "--task", task,
+                       "--runs-dir", tmp_path / "runs")
     assert code == 2
-    assert err == f"spectui train: {tmp_path / name}: {problem}\n"
+    assert err == f"spectui: error: {tmp_path / name}: {problem}\n"
     assert list_runs(tmp_path / "runs") == []
 
 
-def test_bad_flag_value_is_one_line_with_exit_2(cli, capsys, tiny_base, text_data, tmp_path):
-    code = cli("train", "--base", tiny_base, "--data", text_data, "--rank", "0",
-               "--dropout", "2", "--runs-dir", tmp_path)
+def test_bad_flag_value_is_one_line_with_exit_2(cli, tiny_base, text_data, tmp_path):
+    code, _, err = cli("train", "--base", tiny_base, "--data", text_data, "--rank", "0",
+                       "--dropout", "2", "--runs-dir", tmp_path)
     assert code == 2
-    assert capsys.readouterr().err == (
-        "spectui train: rank must be at least 1; dropout must be between 0 and 0.9\n")
+    assert err == (
+        "spectui: error: rank must be at least 1; dropout must be between 0 and 0.9\n")
 
 
-def test_bad_spec_file_is_named(cli, capsys, tmp_path):
+def test_bad_spec_file_is_named(cli, tmp_path):
     spec = tmp_path / "run.toml"
     spec.write_text('base = "./absent"\ndata = "d.jsonl"\n')
-    assert cli("train", spec, "--runs-dir", tmp_path) == 2
-    assert capsys.readouterr().err == (
-        f"spectui train: {spec}: base model directory ./absent does not exist\n")
+    ran = cli("train", spec, "--runs-dir", tmp_path)
+    assert ran.code == 2
+    assert ran.err == (
+        f"spectui: error: {spec}: base model directory ./absent does not exist\n")
 
 
 def test_readable_formats(tmp_path):

@@ -70,7 +70,7 @@ def test_killed_run_reads_interrupted_and_resumes_to_the_end(cli, tiny_base, tex
     last_checkpoint = run.checkpoints()[-1][0]
     assert last_checkpoint < 150
 
-    assert cli("runs", "resume", run.name, "--runs-dir", tmp_path) == 0  # follows to the end
+    assert cli("runs", "resume", run.name, "--runs-dir", tmp_path).code == 0  # follows to the end
     assert run.status().state is State.DONE
     assert (run.output_dir / "adapter_model.safetensors").is_file()
     steps = [row["step"] for row in run.metrics()]
@@ -84,11 +84,11 @@ def test_cancel_stops_the_run_without_output(cli, tiny_base, text_data, tmp_path
     run = create_run(spec(tiny_base, text_data, max_steps=5000, save_every=0), tmp_path)
     process = run.start()
     wait_for(run.metrics, "the first metrics line")
-    assert cli("runs", "cancel", run.name, "--runs-dir", tmp_path) == 0
+    assert cli("runs", "cancel", run.name, "--runs-dir", tmp_path).code == 0
     assert process.wait(timeout=30) == 1
     assert run.status() == RunStatus(State.CANCELLED, "stopped by SIGTERM")
     assert not run.output_dir.exists()
-    assert cli("runs", "cancel", run.name, "--runs-dir", tmp_path) == 2
+    assert cli("runs", "cancel", run.name, "--runs-dir", tmp_path).code == 2
 
 
 def test_a_run_that_cannot_start_is_failed_not_queued(tiny_base, text_data, tmp_path, monkeypatch):

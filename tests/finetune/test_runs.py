@@ -19,9 +19,9 @@ from spectui.finetune.runs import (
     find_run,
     launch_command,
     list_runs,
-    runs_root,
 )
 from spectui.finetune.spec import RunSpec
+from spectui.locations import RUNS_ENV, runs_dir
 
 
 @pytest.fixture
@@ -53,11 +53,11 @@ def test_default_names_do_not_clash_and_explicit_ones_must_be_free(tiny_base, tm
 
 
 def test_runs_root_follows_argument_then_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(runs.ROOT_ENV, str(tmp_path))
-    assert runs_root() == tmp_path
-    assert runs_root("elsewhere") == Path("elsewhere")
-    monkeypatch.delenv(runs.ROOT_ENV)
-    assert runs_root() == Path("runs")
+    monkeypatch.setenv(RUNS_ENV, str(tmp_path))
+    assert runs_dir() == tmp_path
+    assert runs_dir("elsewhere") == Path("elsewhere")
+    monkeypatch.delenv(RUNS_ENV)
+    assert runs_dir() == Path("runs")
 
 
 def test_running_status_with_live_process_stays_running(run):
@@ -129,21 +129,22 @@ def test_list_runs_newest_first_with_summaries(run, tiny_base, tmp_path):
         find_run("nope", tmp_path / "runs")
 
 
-def test_runs_list_command(cli, capsys, run, tmp_path):
+def test_runs_list_command(cli, run, tmp_path):
     run.set_status(State.FAILED, "the loss became nan at step 3")
-    assert cli("runs", "list", "--runs-dir", tmp_path / "runs") == 0
-    out = capsys.readouterr().out.splitlines()
+    ran = cli("runs", "list", "--runs-dir", tmp_path / "runs")
+    assert ran.code == 0
+    out = ran.out.splitlines()
     assert out[0].split() == ["NAME", "STATE", "STEP", "LOSS", "EVAL", "NOTE"]
     assert out[1].split()[:3] == [run.name, "failed", "0/40"]
     assert out[1].endswith("the loss became nan at step 3")
-    assert cli("runs", "--runs-dir", tmp_path / "runs") == 0  # bare `runs` lists too
-    assert run.name in capsys.readouterr().out
+    ran = cli("runs", "--runs-dir", tmp_path / "runs")  # bare `runs` lists too
+    assert ran.code == 0 and run.name in ran.out
 
 
-def test_cancel_and_resume_of_unknown_run_exit_2(cli, capsys, tmp_path):
-    assert cli("runs", "cancel", "ghost", "--runs-dir", tmp_path) == 2
-    assert capsys.readouterr().err == f"spectui runs cancel: no run named ghost in {tmp_path}\n"
-    assert cli("runs", "resume", "ghost", "--runs-dir", tmp_path) == 2
+def test_cancel_and_resume_of_unknown_run_exit_2(cli, tmp_path):
+    ran = cli("runs", "cancel", "ghost", "--runs-dir", tmp_path)
+    assert ran.code == 2 and ran.err == f"spectui: error: no run named ghost in {tmp_path}\n"
+    assert cli("runs", "resume", "ghost", "--runs-dir", tmp_path).code == 2
 
 
 @pytest.mark.parametrize(("gpus", "config", "expected"), [

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from spectui.finetune.cli import spec_from_args
+from spectui.cli.train import spec_from_args
 from spectui.finetune.spec import RunSpec, SpecError, load_spec, parse_field, render_command
 
 

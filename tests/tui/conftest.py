@@ -1,8 +1,9 @@
 import pytest
+from app_driver import record_notifications
 
 from spectui.checkpoint.comparison import open_comparison
-from spectui.samples import sample_comparison
-from spectui.tui.app import REFRESH_SECONDS, SpectuiApp
+from spectui.locations import sample_comparison
+from spectui.tui.app import SpectuiApp
 from spectui.tui.inspector import Inspector
 
 
@@ -15,15 +16,8 @@ def make_app(tmp_path, monkeypatch):
         if base is None:
             base, tuned = sample_comparison()
         inspector = Inspector(open_comparison(base, tuned), tmp_path / "cache", device="cpu")
-        return SpectuiApp(inspector, export_dir=tmp_path / "export", **kwargs)
+        app = SpectuiApp(inspector, export_dir=tmp_path / "export", **kwargs)
+        record_notifications(app)
+        return app
 
     return make
-
-
-async def wait_for_scan(pilot, timeout: float = 60.0) -> None:
-    waited = 0.0
-    while not pilot.app.inspector.finished:
-        await pilot.pause(0.1)
-        waited += 0.1
-        assert waited < timeout, "scan did not finish"
-    await pilot.pause(2 * REFRESH_SECONDS)  # the batched refresh

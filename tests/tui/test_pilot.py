@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import wait_for_scan
+from app_driver import wait_for_scan
 
 from spectui.tui.screens.dialogs import HelpScreen, ThresholdsScreen
 from spectui.tui.screens.matrix import MatrixScreen
@@ -126,6 +126,10 @@ async def test_help_lists_keys(make_app):
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
+        listed = "\n".join(str(static.render()) for static in app.screen.query("Static"))
+        for key, action in (("x", "Export"), ("s", "Scale intr."), ("[", "ε−"), ("/", "filter"), ("n / p", "next")):
+            assert any(line.split() and line.split()[0] == key.split()[0] and action in line
+                       for line in listed.splitlines()), (key, action, listed)
         await pilot.press("escape")
         assert isinstance(app.screen, OverviewScreen)
 
@@ -157,12 +161,12 @@ async def test_worker_error_is_a_notification_and_marks_the_matrix(make_app, tin
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for_scan(pilot)
         assert app.inspector.status(0, bad_name) == "error"
-        assert any("contains NaN" in n.message for n in app._notifications)
+        assert any("contains NaN" in n for n in app.notified)
         assert app.inspector.status(0, "model.layers.1.self_attn.q_proj.weight") == "done"
 
 
 async def test_adding_a_tuned_model_scans_only_it_and_shows_it(make_app):
-    from spectui.samples import sample_comparison
+    from spectui.locations import sample_comparison
 
     base, tuned = sample_comparison()
     app = make_app(base, tuned[:1])
@@ -239,11 +243,12 @@ async def test_mitigate_view_previews_sweeps_exports_and_opens(make_app, tmp_pat
             if app.screen.exported is not None:
                 break
             await pilot.pause(0.1)
-        assert app.screen.exported is not None and app.screen.exported.is_dir()
-        assert "lambda0.5" in app.screen.exported.name
+        exported = app.screen.exported
+        assert exported is not None and exported.is_dir()
+        assert "lambda0.5" in exported.name
         await pilot.press("o")
         await pilot.pause()
-        assert app.inspector.labels[-1] == app.screen.app.inspector.labels[-1]
+        assert app.inspector.comparison.tuned[-1].path.resolve() == exported.resolve()
         assert app.model == len(app.inspector.labels) - 1
         await wait_for_scan(pilot)
         before = app.inspector.total(0, 10, 0.5)
@@ -257,6 +262,6 @@ async def test_keys_typed_after_quit_do_not_open_screens_on_a_closing_app(make_a
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for_scan(pilot)
         for key in ("q", "s", "c", "r", "R", "t", "question_mark"):  # read in one go, as from a paste
-            app._driver.send_message(events.Key(key, None))
+            app.post_message(events.Key(key, None))
         await pilot.pause(0.5)
-    assert app._exception is None and app.return_code == 0
+    assert app.return_code == 0

@@ -5,7 +5,7 @@ and look at the report before committing.
 """
 
 import pytest
-from conftest import wait_for_scan
+from app_driver import wait_for_scan
 
 SIZES = [(80, 24), (120, 40)]
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from spectui.finetune.runs import Run, State, create_run, list_runs
 from spectui.finetune.spec import RunSpec
-from spectui.samples import samples_dir
+from spectui.locations import samples_dir
 from spectui.tui.screens.overview import OverviewScreen
 from spectui.tui.screens.runs import RunScreen, RunsScreen
 from spectui.tui.screens.train import PresetNameScreen, PresetPickerScreen, TrainScreen
@@ -180,8 +180,8 @@ async def test_runs_list_reattaches_a_live_run_and_shows_it_interrupted_once_kil
     process = live.start()
     try:
         async with app.run_test(size=(100, 30)) as pilot:
-            await wait_until(pilot, lambda: any("re-attached to live" in n.message
-                                                for n in app._notifications), "re-attach", 10)
+            await wait_until(pilot, lambda: any("re-attached to live" in n
+                                                for n in app.notified), "re-attach", 10)
             await pilot.press("R")
             assert isinstance(app.screen, RunsScreen)
             table = app.screen.query_one(RunTable)
@@ -215,7 +215,7 @@ async def test_a_run_of_another_base_is_not_opened_against_this_one(app, tmp_pat
         await pilot.press("o")
         await pilot.pause()
         assert isinstance(app.screen, RunScreen) and len(app.inspector.labels) == 1
-        assert any("not the inspected base" in n.message for n in app._notifications)
+        assert any("not the inspected base" in n for n in app.notified)
 
 
 async def test_runs_list_adds_a_finished_result_with_one_key_and_refuses_an_unfinished_one(app, tmp_path):
@@ -234,7 +234,7 @@ async def test_runs_list_adds_a_finished_result_with_one_key_and_refuses_an_unfi
             await pilot.press(key)
 
         await press_on("b-cancelled", "a")
-        assert any("b-cancelled has no output: it is cancelled" in n.message for n in app._notifications)
+        assert any("b-cancelled has no output: it is cancelled" in n for n in app.notified)
         await press_on("a-done", "a")
         assert isinstance(app.screen, RunsScreen)
         assert app.inspector.comparison.tuned[-1].path.resolve() == done.output_dir.resolve()

@@ -1,1 +1,13 @@
-"""Screens: the overview, one matrix in detail, and the modal dialogs."""
+"""Screens: the overview, a matrix in detail, the comparison, mitigation, fine-tuning runs, and
+the modal dialogs. The app opens them from here."""
+
+from spectui.tui.screens.compare import CompareScreen
+from spectui.tui.screens.dialogs import HelpScreen, ThresholdsScreen
+from spectui.tui.screens.matrix import MatrixScreen
+from spectui.tui.screens.mitigate import MitigateScreen
+from spectui.tui.screens.overview import OverviewScreen
+from spectui.tui.screens.runs import RunScreen, RunsScreen
+from spectui.tui.screens.train import TrainScreen
+
+__all__ = ["CompareScreen", "HelpScreen", "MatrixScreen", "MitigateScreen", "OverviewScreen", "RunScreen",
+           "RunsScreen", "ThresholdsScreen", "TrainScreen"]

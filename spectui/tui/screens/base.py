@@ -1,14 +1,23 @@
-"""What every results screen shares: re-read the inspector whenever results, thresholds or the
-tuned model shown change, or when the screen comes back to the top."""
+"""What every screen shares: the app, typed as the Host it is; and, for results screens, re-reading the
+inspector whenever results, thresholds or the tuned model shown change, or the screen returns."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from textual.screen import Screen
 
+from spectui.tui.host import HostApp
 from spectui.tui.messages import ResultsChanged, ThresholdsChanged
 
 
-class ResultsScreen(Screen):
+class SpectuiScreen(Screen):
+    @property
+    def app(self) -> HostApp:
+        return cast(HostApp, super().app)
+
+
+class ResultsScreen(SpectuiScreen):
     def update_view(self) -> None:
         """Redraw from the inspector's stored results (cheap: no new decomposition)."""
 

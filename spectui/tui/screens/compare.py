@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header
 
-from spectui.tui.inspector import EPSILON_GRID
+from spectui.defaults import EPSILON_SWEEP
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.plots import CurvePlot
 
@@ -41,21 +41,21 @@ class CompareScreen(ResultsScreen):
         table = self.query_one(DataTable)
         row = table.cursor_row
         table.clear()
-        for model in range(len(ins.labels)):
-            s = ins.summary(model, k, eps)
+        scan = ins.scan_results
+        for model, s in enumerate(scan.summaries(k, eps)):
             table.add_row(
-                s.label, s.description, str(s.intruders), f"{s.with_intruders}/{s.matrices}",
-                "…" if s.median_delta is None else f"{s.median_delta:#.3g}",
-                "…" if s.median_rank is None else f"{s.median_rank:.1f}",
+                s.label, s.description, str(s.total), f"{s.with_intruders}/{s.matrices}",
+                "…" if s.median_rel_norm is None else f"{s.median_rel_norm:#.3g}",
+                "…" if s.median_effective_rank is None else f"{s.median_effective_rank:.1f}",
                 key=str(model),
             )
         table.move_cursor(row=min(row, table.row_count - 1))
         ks = list(range(1, app.k_max + 1))
         self.query_one("#compare-eps", CurvePlot).show(
-            list(EPSILON_GRID), [(label, ins.epsilon_curve(i, k)) for i, label in enumerate(ins.labels)],
+            list(EPSILON_SWEEP), ins.epsilon_curves(k),
             f"intruders vs ε (k={k})", "ε", mark=eps)
         self.query_one("#compare-k", CurvePlot).show(
-            ks, [(label, ins.k_curve(i, eps, ks)) for i, label in enumerate(ins.labels)],
+            ks, [(label, scan.k_curve(i, eps, ks)) for i, label in enumerate(ins.labels)],
             f"intruders vs k (ε={eps:.2f})", "k", mark=k)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

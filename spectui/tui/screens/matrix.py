@@ -7,9 +7,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Static
 
-from spectui.checkpoint.pairing import short_name
+from spectui.checkpoint.names import short_name
+from spectui.tui.inspector import next_with_intruders
 from spectui.tui.screens.base import ResultsScreen
-from spectui.tui.screens.overview import next_with_intruders
 from spectui.tui.widgets.heatmap import Heatmap
 from spectui.tui.widgets.plots import SpectrumPlot
 from spectui.tui.widgets.vector_table import VectorTable

@@ -11,9 +11,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, RadioSet, Static
 
-from spectui.checkpoint.pairing import short_name
+from spectui.checkpoint.names import short_name
 from spectui.defaults import DEFAULT_LAMBDAS, LAMBDA_RANGE, SCOPES
-from spectui.samples import samples_dir
+from spectui.errors import InputError
+from spectui.locations import samples_dir
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.plots import SpectrumPlot, TradeoffPlot
 from spectui.tui.widgets.toggles import Choice
@@ -92,13 +93,8 @@ class MitigateScreen(ResultsScreen):
     # -- the plan and the preview -------------------------------------------------------------
     def _plan(self):
         """The intruders to scale at the app's (k, ε) and this scope; None until the scan is done."""
-        from spectui.mitigate import plan
-
-        ins, app = self.inspector, self.app
-        if not ins.finished:
-            return None
-        results = {key: r for key, r in ins.results.items() if key[0] == app.model}
-        return plan(ins.comparison, app.model, results, app.k, app.epsilon, self.scope)
+        app = self.app
+        return self.inspector.plan(app.model, app.k, app.epsilon, self.scope)
 
     def update_view(self) -> None:
         summary = self.query_one("#mitigate-summary", Static)
@@ -150,20 +146,11 @@ class MitigateScreen(ResultsScreen):
 
     @work(thread=True, group="probe", exclusive=True)
     def run_sweep(self, chosen, text: Path, task: Path | None) -> None:
-        from spectui.checkpoint.files import CheckpointError
-        from spectui.finetune.data import DataError
-        from spectui.probe import Probe, is_classifier, model_sweep
-
-        ins = self.inspector
-        source = ins.comparison.tuned[chosen.model_index].source
         try:
-            probe = Probe(ins.comparison.base.path, text, task if str(task) else None,
-                          classification=is_classifier(source))
-            self.app.call_from_thread(self._add_row, *_row("base", None, probe.score()))
-            for row in model_sweep(probe, ins.comparison, chosen, DEFAULT_LAMBDAS):
+            for row in self.inspector.probe_sweep(chosen, text, task if str(task) else None, DEFAULT_LAMBDAS):
                 self.app.call_from_thread(self._add_row, row.model, row.lam, row.reference, row.task)
-        except (CheckpointError, DataError) as err:
-            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10)
+        except InputError as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10, markup=False)
 
     def _add_row(self, model: str, lam: float | None, reference, task) -> None:
         table = self.query_one("#sweep-table", DataTable)
@@ -190,14 +177,10 @@ class MitigateScreen(ResultsScreen):
 
     @work(thread=True, group="export", exclusive=True)
     def write_export(self, chosen, out: Path) -> None:
-        from spectui.checkpoint.files import CheckpointError
-        from spectui.mitigate import check_export, export
-
         try:
-            check_export(self.inspector.comparison, chosen.model_index, out, force=False)
-            refits = export(self.inspector.comparison, chosen, self.lam, out)
-        except CheckpointError as err:
-            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10)
+            refits = self.inspector.export(chosen, self.lam, out)
+        except InputError as err:
+            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10, markup=False)
             return
         worst = max((r.relative_error for r in refits), default=0.0)
         note = f"; rank-r refit error up to {worst:.1%}" if refits else ""
@@ -210,8 +193,3 @@ class MitigateScreen(ResultsScreen):
             return
         self.app.pop_screen()
         self.app.add_tuned_model(self.exported)
-
-
-def _row(model: str, lam: float | None, scores) -> tuple:
-    reference, task = scores
-    return model, lam, reference, task

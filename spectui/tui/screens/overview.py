@@ -7,7 +7,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Static
 
-from spectui.tui.inspector import EPSILON_GRID
+from spectui.defaults import EPSILON_SWEEP
+from spectui.tui.inspector import next_with_intruders
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.matrix_list import MatrixList
 from spectui.tui.widgets.overview_grid import OverviewGrid
@@ -48,16 +49,16 @@ class OverviewScreen(ResultsScreen):
         self.query_one(ScanStatus).show(*ins.progress, ins.finished, len(ins.errors))
         self.query_one(MatrixList).show(model, k, eps)
         self.query_one(OverviewGrid).show(model, k, eps)
-        scanned = len(ins.comparison.tuned[model].pairing.matrices)
-        with_any = len(ins.with_intruders(model, k, eps))
+        scan = ins.scan_results
+        s = scan.summary(model, k, eps)
         self.query_one("#totals", Static).update(
-            f"[b]{ins.labels[model]}[/] ({ins.comparison.tuned[model].description}): "
-            f"[b]{ins.total(model, k, eps)}[/] intruders in {with_any}/{scanned} matrices · k={k} ε={eps:.2f}"
+            f"[b]{s.label}[/] ({s.description}): "
+            f"[b]{s.total}[/] intruders in {s.with_intruders}/{s.matrices} matrices · k={k} ε={eps:.2f}"
         )
-        curves = [(label, ins.epsilon_curve(i, k)) for i, label in enumerate(ins.labels)]
+        curves = ins.epsilon_curves(k)
         if (curves, k, eps) != self._curves:  # plotext redraws are the costliest part of a refresh
             self._curves = (curves, k, eps)
-            self.query_one(CurvePlot).show(list(EPSILON_GRID), curves, f"intruders vs ε  (k={k})", "ε", mark=eps)
+            self.query_one(CurvePlot).show(list(EPSILON_SWEEP), curves, f"intruders vs ε  (k={k})", "ε", mark=eps)
 
     def action_filter(self) -> None:
         self.query_one(MatrixList).focus_filter()
@@ -72,17 +73,3 @@ class OverviewScreen(ResultsScreen):
         else:
             listing.select(target)
             listing.table.focus()
-
-
-def next_with_intruders(order: list[str], current: str | None, flagged: set[str], step: int) -> str | None:
-    candidates = [n for n in order if n in flagged]
-    if not candidates:
-        return None
-    if current not in order:
-        return candidates[0 if step > 0 else -1]
-    start = order.index(current)
-    for offset in range(1, len(order) + 1):
-        name = order[(start + step * offset) % len(order)]
-        if name in flagged:
-            return name
-    return None

@@ -2,59 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from spectui.finetune.runs import LIVE, Run, RunError, State, list_runs, runs_root
+from spectui.finetune.runs import LIVE, Run, RunError, State, list_runs
 from spectui.finetune.spec import SpecError
+from spectui.locations import runs_dir
 from spectui.tui.messages import RunStateChanged, ThresholdsChanged
+from spectui.tui.screens.base import SpectuiScreen
 from spectui.tui.widgets.run_table import RunRow, RunTable
 from spectui.tui.widgets.run_view import RunView
 
 LIST_REFRESH_S = 1.0
-
-
-def inspected_base(app: App) -> Path:
-    """The directory of the base model the inspector compares against."""
-    path = app.inspector.comparison.base.path
-    return path if path.is_dir() else path.parent
-
-
-def open_output(app: App, run: Run) -> None:
-    """The run's output becomes the inspected tuned model; back to the overview."""
-    if _put_in_comparison(app, run):
-        while len(app.screen_stack) > 1:
-            app.pop_screen()
-
-
-def add_output(app: App, run: Run) -> None:
-    if _put_in_comparison(app, run):
-        app.notify(f"{run.name} is in the comparison; m switches models on the overview")
-
-
-def _put_in_comparison(app: App, run: Run) -> bool:
-    """Put a finished run's output in the inspector's comparison (once) and make it the model shown."""
-    if (state := run.status().state) is not State.DONE:
-        app.notify(f"{run.name} has no output: it is {state.value}", severity="warning")
-        return False
-    output = run.output_dir.resolve()
-    base, ours = Path(run.spec().base).resolve(), inspected_base(app).resolve()
-    if base != ours:
-        app.notify(f"{run.name} fine-tuned {base}, not the inspected base {ours}; open it "
-                   f"with: spectui {base} {output}", severity="error", timeout=15, markup=False)
-        return False
-    paths = [model.path.resolve() for model in app.inspector.comparison.tuned]
-    if output in paths:
-        app.model = paths.index(output)
-        return True
-    app.add_tuned_model(output)
-    return len(app.inspector.comparison.tuned) > len(paths)
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -75,7 +38,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class RunScreen(Screen):
+class RunScreen(SpectuiScreen):
     """One run, live. Its checkpoints are scanned for intruders while it is followed."""
 
     BINDINGS = [
@@ -144,13 +107,13 @@ class RunScreen(Screen):
         self.app.call_from_thread(self.app.follow_runs, [self.run])
 
     def action_open_output(self) -> None:
-        open_output(self.app, self.run)
+        self.app.show_run_output(self.run)
 
     def action_add_output(self) -> None:
-        add_output(self.app, self.run)
+        self.app.add_run_output(self.run)
 
 
-class RunsScreen(Screen):
+class RunsScreen(SpectuiScreen):
     """Every run under the runs folder with its state and latest figures, kept current."""
 
     BINDINGS = [
@@ -161,7 +124,7 @@ class RunsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"Runs in {runs_root().resolve()} · Enter opens a run · o opens its result · "
+        yield Static(f"Runs in {runs_dir().resolve()} · Enter opens a run · o opens its result · "
                      "a adds it to the comparison · r starts a new one",
                      id="runs-title")
         yield RunTable(id="runs-table")
@@ -192,11 +155,11 @@ class RunsScreen(Screen):
 
     def action_open_output(self) -> None:
         if run := self._highlighted():
-            open_output(self.app, run)
+            self.app.show_run_output(run)
 
     def action_add_output(self) -> None:
         if run := self._highlighted():
-            add_output(self.app, run)
+            self.app.add_run_output(run)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         run = Run(event.row_key.value)

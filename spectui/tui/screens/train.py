@@ -7,7 +7,6 @@ they serve every project; they leave out the run's name and output directory.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -17,32 +16,23 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.markup import escape
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, Input, Label, OptionList, Static
 from textual.worker import get_current_worker
 
 from spectui.finetune.data import DataError, load_splits
 from spectui.finetune.runs import RunError, State, create_run
 from spectui.finetune.spec import RunSpec, SpecError, load_spec, render_command, save_spec
-from spectui.samples import samples_dir
+from spectui.locations import presets_dir, samples_dir
 from spectui.tui.messages import SpecEdited
+from spectui.tui.screens.base import SpectuiScreen
 from spectui.tui.screens.runs import RunScreen
 from spectui.tui.widgets.spec_form import SpecForm
 
 _PRESET_NAME = re.compile(r"\w[\w.-]*")
 
 
-def presets_dir() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "spectui" / "presets"
-
-
-def default_spec(base: Path) -> RunSpec:
-    """LoRA on the inspected base, with the bundled task data when it is there."""
-    data = samples_dir() / "data" / "task.jsonl"
-    return RunSpec(base=str(base), data=str(data) if data.is_file() else "")
-
-
-class TrainScreen(Screen):
+class TrainScreen(SpectuiScreen):
     AUTO_FOCUS = "#field-method"
     BINDINGS = [
         Binding("ctrl+r", "launch", "Launch"),
@@ -51,9 +41,11 @@ class TrainScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
-    def __init__(self, spec: RunSpec) -> None:
+    def __init__(self, base: Path) -> None:
+        """A LoRA run on `base`, with the bundled task data when it is there."""
         super().__init__()
-        self.initial = spec
+        data = samples_dir() / "data" / "task.jsonl"
+        self.initial = RunSpec(base=str(base), data=str(data) if data.is_file() else "")
         self.launching = False  # one launch at a time: a second key press must not start twice
 
     def compose(self) -> ComposeResult:

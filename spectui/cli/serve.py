@@ -49,9 +49,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(args, argv: list[str]) -> int:
-    from spectui.cli import UsageError, open_from_args
+def serve(args) -> int:
+    from spectui.cli.options import open_from_args
+    from spectui.errors import UsageError
 
+    argv = args.argv
     open_from_args(args)  # bad paths fail here, in one line, not later in every browser tab
     from textual_serve.server import Server
 

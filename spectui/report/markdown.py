@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from spectui.checkpoint.comparison import Comparison
-from spectui.reports.summary import (
-    MATRIX_LEGEND,
-    SUMMARY_COLUMNS,
-    cell,
-    failures,
-    matrix_rows,
-    model_records,
-    summarise,
-    summary_cells,
-)
+from spectui.report.records import model_records
+from spectui.report.summary import MATRIX_LEGEND, SUMMARY_COLUMNS, cell, failures, matrix_rows, summary_cells
+from spectui.results import ScanResults
 
 
-def scan_markdown(comparison: Comparison, results: dict, errors: dict, k: int, epsilon: float) -> str:
-    records = model_records(comparison, results, errors, k, epsilon)
-    summaries = [summarise(r) for r in records]
+def scan_markdown(scan: ScanResults, k: int, epsilon: float) -> str:
+    comparison = scan.comparison
+    records = model_records(scan, k, epsilon)
+    summaries = scan.summaries(k, epsilon)
     sweep = list(summaries[0].by_epsilon) if summaries else []
     lines = [
         f"## Intruder dimensions (k = {k}, ε = {epsilon})",
@@ -25,7 +18,7 @@ def scan_markdown(comparison: Comparison, results: dict, errors: dict, k: int, e
         f"Base: `{comparison.base.path}`. A tuned singular vector among the top {k} is an intruder when its "
         f"largest |cosine| with any base singular vector is below {epsilon}.",
         "",
-        *(f"> ⚠ {warning}\n" for warning in [*comparison.warnings, *failures(errors)]),
+        *(f"> ⚠ {warning}\n" for warning in [*comparison.warnings, *failures(scan.errors)]),
         *_table(SUMMARY_COLUMNS, [summary_cells(s) for s in summaries], right_from=2),
         "",
         f"### Intruders vs ε (k = {k})",

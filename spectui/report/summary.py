@@ -1,35 +1,19 @@
-"""What every report format shows, derived from `spectui.report.model_record` so that the HTML, the
-Markdown and the CSV carry exactly the numbers of `spectui scan --json`."""
+"""What every report format shows, derived from `spectui.report.records` and `ScanResults` so that the
+tables, the HTML, the Markdown and the CSV carry exactly the numbers of `spectui scan --json`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import median
 
 from spectui.checkpoint.comparison import Comparison
-from spectui.checkpoint.pairing import short_name
-from spectui.report import model_record
+from spectui.checkpoint.names import short_name
+from spectui.results import ModelSummary
 
 SUMMARY_COLUMNS = ("tuned model", "kind", "intruders", "matrices with intruders", "median ‖ΔW‖/‖W0‖",
                    "median effective rank of ΔW", "skipped")
 MATRIX_LEGEND = ("intruders (their ranks) · ‖ΔW‖/‖W0‖ · effective rank of ΔW; – where the model leaves the "
                  "matrix unchanged; † the base matrix looks random, so its intruders mean little")
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """One row of the summary table: a tuned model at the report's (k, ε)."""
-
-    label: str
-    description: str
-    total: int
-    with_intruders: int
-    matrices: int
-    median_rel_norm: float | None  # None when no matrix was scanned
-    median_effective_rank: float | None
-    by_epsilon: dict[str, int]
-    skipped: int
 
 
 @dataclass(frozen=True)
@@ -48,25 +32,6 @@ class MatrixRow:
     @property
     def size(self) -> str:
         return "×".join(map(str, self.shape))
-
-
-def model_records(comparison: Comparison, results: dict, errors: dict, k: int, epsilon: float) -> list[dict]:
-    return [model_record(comparison, results, errors, i, k, epsilon) for i in range(len(comparison.tuned))]
-
-
-def summarise(record: dict) -> ModelSummary:
-    matrices = record["matrices"]
-    return ModelSummary(
-        label=record["label"],
-        description=record["description"],
-        total=record["total_intruders"],
-        with_intruders=sum(1 for m in matrices if m["intruders"]),
-        matrices=len(matrices),
-        median_rel_norm=median(m["delta_rel_norm"] for m in matrices) if matrices else None,
-        median_effective_rank=median(m["delta_effective_rank"] for m in matrices) if matrices else None,
-        by_epsilon=record["intruders_vs_epsilon"],
-        skipped=len(record["skipped"]),
-    )
 
 
 def matrix_rows(comparison: Comparison, records: list[dict]) -> list[MatrixRow]:
@@ -91,7 +56,7 @@ def rows_with_intruders(rows: list[MatrixRow], limit: int) -> tuple[list[MatrixR
 
 def summary_cells(s: ModelSummary) -> list[str]:
     """A summary row as text, in the order of SUMMARY_COLUMNS."""
-    return [s.label, s.description, str(s.total), f"{s.with_intruders}/{s.matrices}", ratio(s.median_rel_norm),
+    return [s.label, s.description, str(s.total), f"{s.with_intruders}/{s.scanned}", ratio(s.median_rel_norm),
             rank(s.median_effective_rank), str(s.skipped)]
 
 

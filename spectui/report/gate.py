@@ -3,23 +3,21 @@ whose intruder count is over its limit, and learns from one line per model what 
 
 from __future__ import annotations
 
-from spectui.checkpoint.comparison import Comparison
-from spectui.checkpoint.pairing import short_name
-from spectui.report import total_intruders
+from spectui.checkpoint.names import short_name
+from spectui.results import ScanResults
 
 
-def gate_failures(comparison: Comparison, results: dict, k: int, epsilon: float,
-                  max_total: int | None, max_matrix: int | None) -> list[str]:
+def gate_failures(scan: ScanResults, k: int, epsilon: float, max_total: int | None,
+                  max_matrix: int | None) -> list[str]:
     """One line per limit a tuned model exceeds (more than the limit fails); empty when the scan passes."""
     failures = []
-    for index, model in enumerate(comparison.tuned):
-        total = total_intruders(results, index, k, epsilon)
+    for index, model in enumerate(scan.comparison.tuned):
+        total = scan.total(index, k, epsilon)
         if max_total is not None and total > max_total:
             failures.append(f"{model.label}: {total} intruders (k={k}, ε={epsilon}), over --fail-over {max_total}")
         if max_matrix is None:
             continue
-        counts = [(results[index, spec.name].intruders(k, epsilon), spec.name)
-                  for spec in model.pairing.matrices if (index, spec.name) in results]
+        counts = [(result.intruders(k, epsilon), spec.name) for spec, result in scan.matrices(index)]
         over = [(count, name) for count, name in counts if count > max_matrix]
         if over:
             count, worst = max(over, key=lambda c: c[0])  # the first of the worst, in checkpoint order

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from spectui.cli.options import failure_code, scan_from_args, scan_options
+from spectui.errors import UsageError
 
 DEFAULT_OUT = Path("spectui-report.html")
 
 
-def add_report_parser(subparsers) -> argparse.ArgumentParser:
-    from spectui.cli import scan_options
-
+def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "report", parents=[scan_options()], help="write a shareable report: HTML, Markdown or CSV",
         description="Scan, then write a self-contained HTML report (figures inline, viewable offline) and/or "
@@ -20,27 +20,22 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                         help="report whose format is its suffix: .html, .md or .csv")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="Markdown tables, whatever the suffix")
     parser.add_argument("--csv", type=Path, metavar="FILE", help="CSV, the rows of `spectui scan --csv`")
-    parser.set_defaults(handler=run_report)
-    return parser
+    parser.set_defaults(handler=run)
 
 
-def run_report(args) -> int:
-    from spectui.cli import UsageError, scan_failure_code, scan_from_args
-    from spectui.reports import format_of, write_report
+def run(args) -> int:
+    from spectui.report import format_of, write_report
 
     outputs = [(path, kind) for path, kind in ((args.markdown, "markdown"), (args.csv, "csv")) if path]
     if args.out or not outputs:
         out = args.out or DEFAULT_OUT
-        try:
-            outputs.insert(0, (out, format_of(out)))
-        except ValueError as err:
-            raise UsageError(f"--out {err}") from err
-    comparison, scan = scan_from_args(args)
-    if code := scan_failure_code(scan):
+        outputs.insert(0, (out, format_of(out)))
+    scan = scan_from_args(args)
+    if code := failure_code(scan):
         return code
     for path, kind in outputs:
         try:
-            write_report(comparison, scan.results, scan.errors, args.k, args.eps, path, kind)
+            write_report(scan, args.k, args.eps, path, kind)
         except OSError as err:
             raise UsageError(f"{path}: cannot write the report ({err.strerror})") from err
         print(path)

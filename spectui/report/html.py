@@ -8,22 +8,19 @@ from html import escape
 import numpy as np
 
 from spectui import __version__
-from spectui.checkpoint.comparison import Comparison
-from spectui.report import total_intruders
-from spectui.reports import figures
-from spectui.reports.summary import (
+from spectui.report import figures
+from spectui.report.records import model_records
+from spectui.report.summary import (
     MATRIX_LEGEND,
     SUMMARY_COLUMNS,
     MatrixRow,
-    ModelSummary,
     cell,
     failures,
     matrix_rows,
-    model_records,
     rows_with_intruders,
-    summarise,
     summary_cells,
 )
+from spectui.results import ModelSummary, ScanResults
 
 MAX_MATRIX_FIGURES = 12
 K_POINTS = 16  # points of the intruders-vs-k curve, spaced evenly on a log scale
@@ -54,9 +51,10 @@ details summary { cursor: pointer; color: #333; }
 """
 
 
-def scan_html(comparison: Comparison, results: dict, errors: dict, k: int, epsilon: float) -> str:
-    records = model_records(comparison, results, errors, k, epsilon)
-    summaries = [summarise(r) for r in records]
+def scan_html(scan: ScanResults, k: int, epsilon: float) -> str:
+    comparison = scan.comparison
+    records = model_records(scan, k, epsilon)
+    summaries = scan.summaries(k, epsilon)
     rows = matrix_rows(comparison, records)
     labels = [s.label for s in summaries]
     title = f"spectui: {comparison.base.label} → {', '.join(labels)}"
@@ -65,15 +63,15 @@ def scan_html(comparison: Comparison, results: dict, errors: dict, k: int, epsil
         f"<h1>Intruder dimensions</h1><p class=meta>Base <code>{escape(str(comparison.base.path))}</code>; "
         f"tuned {tuned}. k = {k}, ε = {epsilon}: a tuned singular vector among the top {k} is an intruder "
         f"when its largest |cosine| with any base singular vector is below {epsilon}. spectui {__version__}.</p>",
-        *(f"<p class=warn>⚠ {escape(w)}</p>" for w in [*comparison.warnings, *failures(errors)]),
+        *(f"<p class=warn>⚠ {escape(w)}</p>" for w in [*comparison.warnings, *failures(scan.errors)]),
         "<h2>Summary</h2>", _summary_table(summaries),
         "<h2>Intruders vs ε and vs k</h2><div class=figs>",
         figures.epsilon_curves(labels, [s.by_epsilon for s in summaries], k, epsilon),
-        _k_figure(comparison, results, labels, k, epsilon), "</div>",
+        _k_figure(scan, labels, k, epsilon), "</div>",
         f"<h2>Per layer</h2><p class=note>Intruders per matrix at k = {k}, ε = {epsilon}; grey: not changed "
         "by that model. Hover a cell for the matrix name and the intruders' ranks.</p>",
         *_layer_grids(summaries, rows, k),
-        _matrix_figures(rows, labels, results, k, epsilon),
+        _matrix_figures(rows, labels, scan, k, epsilon),
         "<h2>All matrices</h2>", _matrix_table(rows, labels),
     ]
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
@@ -104,11 +102,10 @@ def _table(header, rows: list[list[str]], right_from: int) -> str:
     return f"<table>{tr(map(escape, header), 'th')}{body}</table>"
 
 
-def _k_figure(comparison: Comparison, results: dict, labels: list[str], k: int, epsilon: float) -> str:
+def _k_figure(scan: ScanResults, labels: list[str], k: int, epsilon: float) -> str:
     """k from 1 to the largest k stored (TOP_VECTORS, or the rank of smaller matrices): no new SVD."""
-    largest = max((len(r.max_cos) for r in results.values()), default=k)
-    ks = sorted({int(v) for v in np.unique(np.geomspace(1, max(largest, k), K_POINTS).round())} | {k})
-    totals = [[total_intruders(results, i, kk, epsilon) for kk in ks] for i in range(len(comparison.tuned))]
+    ks = sorted({int(v) for v in np.unique(np.geomspace(1, max(scan.largest_k, k), K_POINTS).round())} | {k})
+    totals = [scan.k_curve(i, epsilon, ks) for i in range(len(labels))]
     return figures.k_curves(labels, ks, totals, k, epsilon)
 
 
@@ -140,7 +137,7 @@ def _grid_cell(m: dict | None, k: int) -> str:
     return f"<td style='background:{background};color:{colour}' title='{escape(tip)}'>{m['intruders']}</td>"
 
 
-def _matrix_figures(rows: list[MatrixRow], labels: list[str], results: dict, k: int, epsilon: float) -> str:
+def _matrix_figures(rows: list[MatrixRow], labels: list[str], scan: ScanResults, k: int, epsilon: float) -> str:
     shown, left_out = rows_with_intruders(rows, MAX_MATRIX_FIGURES)
     if not shown:
         return f"<h2>Matrices with intruders</h2><p class=note>None at k = {k}, ε = {epsilon}.</p>"
@@ -151,7 +148,7 @@ def _matrix_figures(rows: list[MatrixRow], labels: list[str], results: dict, k: 
              "model, |cosine| between its top singular vectors and the base's (numbered from 0, as in the tables), "
              "intruder columns outlined.</p>"]
     for row in shown:
-        panels = [(i, labels[i], results[i, row.name]) for i, cell in enumerate(row.cells) if cell is not None]
+        panels = [(i, labels[i], scan.result(i, row.name)) for i, cell in enumerate(row.cells) if cell is not None]
         shape = "×".join(map(str, row.shape))
         random_note = " — the base matrix looks random: its intruders mean little" if row.random_like else ""
         parts.append(f"<figure><figcaption><code>{escape(row.short)}</code> {shape}{random_note}</figcaption>"

@@ -1,7 +1,6 @@
 """`spectui train` and `spectui runs`: launch fine-tuning runs headless; list, cancel, resume.
 
-Each subcommand sets `handler` (a function of the parsed args returning the exit code): 0 done,
-1 the run failed or was cancelled, 2 bad input, reported as one line naming the file and problem.
+Exit codes: 0 done, 1 the run failed or was cancelled, 2 bad input.
 """
 
 from __future__ import annotations
@@ -13,24 +12,21 @@ from contextlib import suppress
 from dataclasses import fields
 from subprocess import Popen
 
-from spectui.finetune.data import DataError, load_splits
-from spectui.finetune.runs import (
-    LIVE,
-    ROOT_ENV,
-    Run,
-    RunError,
-    State,
-    create_run,
-    find_run,
-    list_runs,
-)
+from spectui.finetune.data import load_splits
+from spectui.finetune.runs import LIVE, Run, RunError, State, create_run, find_run, list_runs
 from spectui.finetune.spec import RunSpec, SpecError, field_kind, flag_name, load_spec
+from spectui.locations import RUNS_ENV
 
 POLL_S = 0.5
 CANCEL_WAIT_S = 30.0
 
 
-def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    _add_train_parser(subparsers)
+    _add_runs_parser(subparsers)
+
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="fine-tune a model (LoRA variants or full) in a run directory",
         description="Fine-tune a base model from a spec file and/or flags (flags override the "
@@ -51,10 +47,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                         help="start the run in the background, print its directory and return")
     _add_runs_dir(parser)
     parser.set_defaults(handler=train_command)
-    return parser
 
 
-def add_runs_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _add_runs_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("runs", help="list, cancel or resume fine-tuning runs")
     _add_runs_dir(parser)
     parser.set_defaults(handler=list_command)
@@ -69,7 +64,6 @@ def add_runs_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     resume.add_argument("--detach", action="store_true", help="resume in the background")
     _add_runs_dir(resume)
     resume.set_defaults(handler=resume_command)
-    return parser
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
@@ -85,15 +79,12 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    try:
-        spec = spec_from_args(args)
-        load_splits(spec)  # reads the data now, so a bad file is reported before any launch
-        for warning in spec.warnings():
-            print(f"warning: {warning}", file=sys.stderr)
-        run = create_run(spec, _runs_dir(args))
-        process = run.start()
-    except (SpecError, DataError, RunError) as error:
-        return _bad_input("train", error)
+    spec = spec_from_args(args)
+    load_splits(spec)  # reads the data now, so a bad file is reported before any launch
+    for warning in spec.warnings():
+        print(f"spectui: warning: {warning}", file=sys.stderr)
+    run = create_run(spec, _runs_dir(args))
+    process = run.start()
     if args.detach:
         print(run.path)
         return 0
@@ -113,11 +104,8 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def cancel_command(args: argparse.Namespace) -> int:
-    try:
-        run = find_run(args.name, _runs_dir(args))
-        run.cancel()
-    except RunError as error:
-        return _bad_input("runs cancel", error)
+    run = find_run(args.name, _runs_dir(args))
+    run.cancel()
     deadline = time.monotonic() + CANCEL_WAIT_S
     while run.status().state in LIVE and time.monotonic() < deadline:
         time.sleep(POLL_S)
@@ -126,11 +114,8 @@ def cancel_command(args: argparse.Namespace) -> int:
 
 
 def resume_command(args: argparse.Namespace) -> int:
-    try:
-        run = find_run(args.name, _runs_dir(args))
-        process = run.resume()
-    except RunError as error:
-        return _bad_input("runs resume", error)
+    run = find_run(args.name, _runs_dir(args))
+    process = run.resume()
     if args.detach:
         print(run.path)
         return 0
@@ -139,7 +124,7 @@ def resume_command(args: argparse.Namespace) -> int:
 
 def _add_runs_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default=argparse.SUPPRESS,
-                        help=f"where runs live (default: ${ROOT_ENV}, else ./runs)")
+                        help=f"where runs live (default: ${RUNS_ENV}, else ./runs)")
 
 
 def _runs_dir(args: argparse.Namespace) -> str | None:
@@ -166,11 +151,6 @@ def _follow(run: Run, process: Popen) -> int:
           f"{': ' + status.message if status.message else ''} (log: {run.log_path})",
           file=sys.stderr)
     return 1
-
-
-def _bad_input(command: str, error: Exception) -> int:
-    print(f"spectui {command}: {error}", file=sys.stderr)
-    return 2
 
 
 def _number(value: float | None) -> str:

@@ -1,0 +1,153 @@
+"""What the commands share: option types, the model and scan options, opening the models named
+on the command line, and a scan with progress on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, LAMBDA_RANGE, SCOPES, TOP_VECTORS
+
+LAMBDAS_TEXT = f"[{LAMBDA_RANGE[0]:g}, {LAMBDA_RANGE[1]:g}]"
+
+
+def k_value(value: str) -> int:
+    k = int(value)
+    if not 1 <= k <= TOP_VECTORS:
+        raise argparse.ArgumentTypeError(f"k must be from 1 to {TOP_VECTORS} (max|cos| is kept for that many)")
+    return k
+
+
+def epsilon_value(value: str) -> float:
+    eps = float(value)
+    if not 0 < eps <= 1:
+        raise argparse.ArgumentTypeError("epsilon must be in (0, 1]")
+    return eps
+
+
+def count_value(value: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return count
+
+
+def device_value(value: str) -> str:
+    """Checked by name here (torch loads later); whether CUDA is present is checked when scanning."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a device (auto, cpu, cuda or cuda:N)")
+    return value
+
+
+def lambda_value(value: str) -> float:
+    lam = float(value)
+    if not LAMBDA_RANGE[0] <= lam <= LAMBDA_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"λ must be in {LAMBDAS_TEXT}, not {value}")
+    return lam
+
+
+def scan_options() -> argparse.ArgumentParser:
+    """The models to compare and how to scan them: every command that scans takes these."""
+    opts = argparse.ArgumentParser(add_help=False)
+    opts.add_argument("paths", nargs="*", metavar="MODEL",
+                      help="BASE TUNED [TUNED ...], or one ADAPTER_DIR; none: the bundled samples")
+    opts.add_argument("--k", type=k_value, default=DEFAULT_K, help="top-k tuned singular vectors tested (10)")
+    opts.add_argument("--eps", type=epsilon_value, default=DEFAULT_EPSILON, help="intruder threshold ε (0.5)")
+    opts.add_argument("--device", type=device_value, default="auto",
+                      help="auto (CUDA when present), cpu, cuda, cuda:N")
+    opts.add_argument("--workers", type=int, default=None, help="parallel matrix jobs")
+    opts.add_argument("--cache-dir", type=Path, default=None, help="default: $XDG_CACHE_HOME/spectui")
+    opts.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    opts.add_argument("--include-embeddings", action="store_true",
+                      help="also scan embeddings and lm_head (off by default)")
+    return opts
+
+
+def mitigation_options() -> argparse.ArgumentParser:
+    """The scan options, and which intruders mitigation scales."""
+    opts = argparse.ArgumentParser(add_help=False, parents=[scan_options()])
+    opts.add_argument("--scope", choices=SCOPES, default="top",
+                      help="top: each matrix's top intruder (the paper); all: each one in the top k (PEFT)")
+    return opts
+
+
+def open_from_args(args):
+    """Resolve the positional paths (or the samples) into a Comparison; reads headers only."""
+    from spectui.checkpoint.comparison import open_comparison
+    from spectui.locations import sample_comparison
+
+    if not args.paths:
+        base, tuned = sample_comparison()
+    elif len(args.paths) == 1:
+        base, tuned = None, args.paths
+    else:
+        base, tuned = args.paths[0], args.paths[1:]
+    return open_comparison(base, tuned, include_embeddings=args.include_embeddings)
+
+
+def cache_root(args) -> Path | None:
+    from spectui.locations import cache_dir
+
+    return None if args.no_cache else (args.cache_dir or cache_dir())
+
+
+def device(args):
+    """The torch device the options name, checked against this machine."""
+    from spectui.engine import resolve_device
+
+    return resolve_device(args.device)
+
+
+def warn(comparison) -> None:
+    for warning in comparison.warnings:
+        print(f"spectui: warning: {warning}", file=sys.stderr)
+
+
+def scan_from_args(args, comparison=None, progress: bool = True):
+    """Scan the comparison (opened from the arguments unless given), with a progress bar and
+    failures on stderr; returns ScanResults."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from spectui.cache import Cache
+    from spectui.engine import MatrixDone, MatrixFailed, Scan
+    from spectui.results import ScanResults
+
+    device(args)
+    if comparison is None:
+        comparison = open_from_args(args)
+    warn(comparison)
+    err = Console(stderr=True)
+    with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=err, transient=True, disable=not progress) as bar:
+        task = bar.add_task("", total=None)
+
+        def on_event(event):
+            if isinstance(event, (MatrixDone, MatrixFailed)):
+                bar.update(task, description=event.name)
+            if isinstance(event, MatrixFailed):
+                err.print(f"spectui: error: {event.message}", highlight=False, markup=False, soft_wrap=True)
+
+        scan = Scan(comparison, Cache(cache_root(args)), device=args.device, workers=args.workers,
+                    on_event=on_event)
+        bar.update(task, total=scan.total)
+        scan.start()
+        while not scan.wait(timeout=0.1):
+            bar.update(task, completed=scan.done)
+    return ScanResults(comparison, scan.results, scan.errors)
+
+
+def failure_code(scan) -> int:
+    """0 when every matrix was scanned; 2 when one could not be read (bad input), else 1."""
+    if not scan.errors:
+        return 0
+    return 2 if any(e.bad_input for e in scan.errors.values()) else 1
+
+
+def stdout_console():
+    """Rich output for stdout: pipes get whole names rather than a terminal's width."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
