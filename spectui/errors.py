@@ -31,3 +31,22 @@ def one_line(error: BaseException, limit: int = 200) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     text = " ".join(lines[0].split()) if lines else type(error).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def log_internal_error(error: BaseException) -> str:
+    """Append the traceback of something that should not have happened to the state directory's
+    errors.log, and return where it went (for the one line the user sees)."""
+    import time
+    import traceback
+
+    from spectui.locations import state_dir
+
+    text = "".join(traceback.format_exception(error))
+    try:
+        log = state_dir() / "errors.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a", encoding="utf-8") as fh:
+            fh.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}\n")
+        return str(log)
+    except OSError:
+        return "nowhere: the state directory is not writable"

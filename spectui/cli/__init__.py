@@ -2,8 +2,9 @@
 codes. Each command is a module of this package with `add_parser(subparsers)`, whose parser sets
 `handler(args) -> exit code`; the shared options and helpers are in `spectui.cli.options`.
 
-Exit codes: 0 ok, 1 a result the user asked to fail on (or a run that failed), 2 bad input (one
-sentence naming the file or option), 130 interrupted.
+Exit codes: 0 ok, 1 a result the user asked to fail on (a run that failed, or an internal error:
+one line naming the log that holds the details), 2 bad input (one sentence naming the file or
+option), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from spectui.errors import InputError
+from spectui.errors import InputError, log_internal_error, one_line
 
 # command → module of this package (the inspector itself is `tui`)
 COMMANDS = {"scan": "scan", "report": "report", "mitigate": "mitigate", "probe": "probe",
@@ -44,3 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # the last resort: never a traceback on the user's terminal
+        log = log_internal_error(err)
+        print(f"spectui: internal error: {type(err).__name__}: {one_line(err)} (details in {log})", file=sys.stderr)
+        return 1

@@ -10,11 +10,11 @@ from textual.app import App
 from textual.await_complete import AwaitComplete
 from textual.binding import Binding
 from textual.reactive import reactive
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from spectui import atomic
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, TOP_VECTORS
-from spectui.errors import InputError
+from spectui.errors import InputError, log_internal_error, one_line
 from spectui.finetune.runs import LIVE, Run, list_runs
 from spectui.tui.commands import SpectuiCommands
 from spectui.tui.inspector import Inspector
@@ -99,7 +99,28 @@ class SpectuiApp(App):
         try:
             self.model = self.inspector.add_model(path)
         except InputError as err:
-            self.notify(str(err), severity="error", timeout=10, markup=False)
+            self.tell(err)
+
+    # -- errors -------------------------------------------------------------------------------
+    def tell(self, error: InputError) -> None:
+        """Bad input, in one line: the TUI's one way of saying it (the CLI's is exit code 2)."""
+        self.notify(str(error), title="cannot do that", severity="error", timeout=10, markup=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        self.worker_ended(event)
+
+    def worker_ended(self, event: Worker.StateChanged) -> None:
+        """Workers run with exit_on_error=False and end here: bad input is told, anything else is
+        an internal error, logged, and the app goes on."""
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        if isinstance(error, InputError):
+            self.tell(error)
+        else:
+            log = log_internal_error(error)
+            self.notify(f"internal error: {type(error).__name__}: {one_line(error)} (details in {log})",
+                        severity="error", timeout=30, markup=False)
 
     def _on_engine_event(self, event) -> None:
         """Called on engine threads: only flags and thread-safe calls here."""
@@ -202,7 +223,7 @@ class SpectuiApp(App):
         try:
             self.model = self.inspector.run_output(run)
         except InputError as err:
-            self.notify(str(err), severity="error", timeout=15, markup=False)
+            self.tell(err)
             return False
         return True
 

@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Protocol
 from textual.app import App
 
 if TYPE_CHECKING:
+    from textual.worker import Worker
+
+    from spectui.errors import InputError
     from spectui.finetune.runs import Run
     from spectui.tui.inspector import Inspector
 
@@ -23,6 +26,12 @@ class Host(Protocol):
     k_max: int
 
     def add_tuned_model(self, path: Path) -> None: ...
+
+    def tell(self, error: InputError) -> None:
+        """Say what is wrong with the user's input."""
+
+    def worker_ended(self, event: Worker.StateChanged) -> None:
+        """Where every worker's failure is reported."""
 
     def follow_runs(self, runs: list[Run]) -> None:
         """Scan these runs' checkpoints as they land."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import cast
 
 from textual.screen import Screen
+from textual.worker import Worker
 
 from spectui.tui.host import HostApp
 from spectui.tui.messages import ResultsChanged, ThresholdsChanged
@@ -15,6 +16,10 @@ class SpectuiScreen(Screen):
     @property
     def app(self) -> HostApp:
         return cast(HostApp, super().app)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A screen's workers end where the app's do (Worker messages do not bubble)."""
+        self.app.worker_ended(event)
 
 
 class ResultsScreen(SpectuiScreen):

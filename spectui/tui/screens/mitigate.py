@@ -13,7 +13,6 @@ from textual.widgets import DataTable, Footer, Header, Input, ProgressBar, Radio
 
 from spectui.checkpoint.names import short_name
 from spectui.defaults import DEFAULT_LAMBDAS, LAMBDA_RANGE, SCOPES
-from spectui.errors import InputError
 from spectui.locations import samples_dir
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.plots import SpectrumPlot, TradeoffPlot
@@ -144,13 +143,10 @@ class MitigateScreen(ResultsScreen):
         self.query_one("#sweep-progress", ProgressBar).update(total=2 + len(DEFAULT_LAMBDAS), progress=0)
         self.run_sweep(chosen, text, task)
 
-    @work(thread=True, group="probe", exclusive=True)
+    @work(thread=True, group="probe", exclusive=True, exit_on_error=False)
     def run_sweep(self, chosen, text: Path, task: Path | None) -> None:
-        try:
-            for row in self.inspector.probe_sweep(chosen, text, task if str(task) else None, DEFAULT_LAMBDAS):
-                self.app.call_from_thread(self._add_row, row.model, row.lam, row.reference, row.task)
-        except InputError as err:
-            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10, markup=False)
+        for row in self.inspector.probe_sweep(chosen, text, task if str(task) else None, DEFAULT_LAMBDAS):
+            self.app.call_from_thread(self._add_row, row.model, row.lam, row.reference, row.task)
 
     def _add_row(self, model: str, lam: float | None, reference, task) -> None:
         table = self.query_one("#sweep-table", DataTable)
@@ -175,13 +171,9 @@ class MitigateScreen(ResultsScreen):
         out = self.app.export_dir / f"{model.label.replace('/', '-')}-lambda{self.lam:g}-{self.scope}"
         self.write_export(chosen, out)
 
-    @work(thread=True, group="export", exclusive=True)
+    @work(thread=True, group="export", exclusive=True, exit_on_error=False)
     def write_export(self, chosen, out: Path) -> None:
-        try:
-            refits = self.inspector.export(chosen, self.lam, out)
-        except InputError as err:
-            self.app.call_from_thread(self.notify, str(err), severity="error", timeout=10, markup=False)
-            return
+        refits = self.inspector.export(chosen, self.lam, out)
         worst = max((r.relative_error for r in refits), default=0.0)
         note = f"; rank-r refit error up to {worst:.1%}" if refits else ""
         self.exported = out

@@ -88,7 +88,7 @@ class RunScreen(SpectuiScreen):
                 try:
                     self.run.cancel()
                 except RunError as error:
-                    self.notify(str(error), severity="error", markup=False)
+                    self.app.tell(error)
 
         self.app.push_screen(ConfirmScreen(f"Cancel {self.run.name}? Its checkpoints are kept, "
                                            "so it can be resumed."), cancel)
@@ -96,14 +96,10 @@ class RunScreen(SpectuiScreen):
     def action_resume_run(self) -> None:
         self.resume_run()
 
-    @work(thread=True, group="run-control", exclusive=True)
+    @work(thread=True, group="run-control", exclusive=True, exit_on_error=False)
     def resume_run(self) -> None:
         """Off the UI thread: launching may first count GPUs, which imports torch."""
-        try:
-            self.run.resume()
-        except RunError as error:
-            self.app.call_from_thread(self.notify, str(error), severity="error", markup=False)
-            return
+        self.run.resume()
         self.app.call_from_thread(self.app.follow_runs, [self.run])
 
     def action_open_output(self) -> None:
@@ -166,6 +162,6 @@ class RunsScreen(SpectuiScreen):
         try:
             run.spec()
         except SpecError as error:
-            self.notify(str(error), severity="error", markup=False)
+            self.app.tell(error)
             return
         self.app.push_screen(RunScreen(run))
