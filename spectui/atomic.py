@@ -8,6 +8,7 @@ and removed by the next writer of the same destination.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import shutil
@@ -21,7 +22,7 @@ _SUFFIX = ".tmp"
 
 def write_bytes(path: Path, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     tmp = _temporary(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask gives the usual mode
@@ -43,7 +44,7 @@ def directory(out: Path, replace: bool = False) -> Iterator[Path]:
     """A fresh directory to fill, published as `out` only if the block completes. With `replace`,
     an existing `out` is swapped out and removed; without, an existing `out` is an error."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(out)
     tmp = _temporary(out)
     tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the published directory
     try:
@@ -57,6 +58,17 @@ def directory(out: Path, replace: bool = False) -> Iterator[Path]:
             os.rename(tmp, out)
     finally:
         _remove(tmp)
+
+
+def _make_parent(path: Path) -> None:
+    """The destination's folder, made if missing; a file in the way is said as such (mkdir would
+    say "File exists")."""
+    for folder in (path.parent, *path.parent.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "is a file, not a folder", str(folder))
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _temporary(destination: Path) -> Path:

@@ -8,7 +8,9 @@ noticed, dropped and recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,26 +35,43 @@ def tensor_digest(*parts: torch.Tensor | str) -> str:
     return h.hexdigest()
 
 
-def _data_digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
+def _entry_digest(key: str, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> str:
+    """What an entry must hash to: its key, every metadata item and every array (name, dtype, shape,
+    bytes), so a damaged byte anywhere, or an entry under another key's name, is noticed."""
+    h = hashlib.sha256(key.encode())
+    for name in sorted(meta):
+        h.update(f"\0{name}={meta[name]}".encode())
     for name in sorted(arrays):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(arrays[name]).view(np.uint8))
+        array = np.ascontiguousarray(arrays[name])
+        h.update(f"\0{name}:{array.dtype.str}{array.shape}".encode())
+        h.update(array.view(np.uint8))
     return h.hexdigest()
 
 
-class Cache:
-    """`Cache(None)` is a cache that never stores: the `--no-cache` behaviour, with no special cases."""
+# what each result array must look like to be used (number of dimensions, dtype kind)
+_RESULT_ARRAYS = {"sigma_base": (1, "f"), "sigma_tuned": (1, "f"), "sigma_delta": (1, "f"), "max_cos": (1, "f"),
+                  "best_base": (1, "i"), "similarity": (2, "f")}
+_DECOMPOSITION_ARRAYS = {"sigma": (1, "f"), "u": (2, "f")}
 
-    def __init__(self, root: Path | None):
+
+class Cache:
+    """`Cache(None)` is a cache that never stores: the `--no-cache` behaviour, with no special cases.
+
+    The cache never gives a wrong answer and never stops a scan: an entry that fails its digest or
+    its shape checks is dropped and recomputed; when entries cannot be written (read-only, full,
+    not a directory) `warn` hears it once and the scan goes on without writing."""
+
+    def __init__(self, root: Path | None, warn: Callable[[str], None] | None = None):
         self.root = root
         self.hits = 0
         self.misses = 0
+        self._warn = warn or (lambda message: None)
+        self._writable = True
 
     def _file(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.safetensors"
 
-    def _read(self, kind: str, key: str) -> tuple[dict[str, np.ndarray], dict[str, str]] | None:
+    def _read(self, kind: str, key: str, expected: dict[str, tuple[int, str]]):
         if self.root is None:
             return None
         file = self._file(kind, key)
@@ -65,24 +84,32 @@ class Cache:
             with safe_open(str(file), framework="np") as fh:
                 meta = dict(fh.metadata() or {})
                 arrays = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not iterable)
-            if meta.pop("digest", None) != _data_digest(arrays):
+            if meta.pop("digest", None) != _entry_digest(key, arrays, meta):
                 raise ValueError("digest mismatch")
+            if {name: (a.ndim, a.dtype.kind) for name, a in arrays.items()} != expected:
+                raise ValueError("unexpected arrays")
         except Exception:  # any damage at all: drop the entry and recompute
-            file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                file.unlink()
             self.misses += 1
             return None
         self.hits += 1
         return arrays, meta
 
     def _write(self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
-        if self.root is None:
+        if self.root is None or not self._writable:
             return
         from safetensors.numpy import save
 
-        atomic.write_bytes(self._file(kind, key), save(arrays, metadata={**meta, "digest": _data_digest(arrays)}))
+        data = save(arrays, metadata={**meta, "digest": _entry_digest(key, arrays, meta)})
+        try:
+            atomic.write_bytes(self._file(kind, key), data)
+        except OSError as err:
+            self._writable = False
+            self._warn(f"{self.root}: cannot write the cache ({err.strerror or err}); going on without it")
 
     def get_decomposition(self, key: str) -> Decomposition | None:
-        entry = self._read("base", key)
+        entry = self._read("base", key, _DECOMPOSITION_ARRAYS)
         if entry is None:
             return None
         arrays, _ = entry
@@ -93,8 +120,15 @@ class Cache:
         self._write("base", key, arrays, {})
 
     def get_result(self, key: str) -> MatrixResult | None:
-        entry = self._read("pair", key)
-        return MatrixResult.from_arrays(*entry) if entry else None
+        entry = self._read("pair", key, _RESULT_ARRAYS)
+        if entry is None:
+            return None
+        try:
+            return MatrixResult.from_arrays(*entry)
+        except (KeyError, ValueError):  # metadata that passed the digest but does not parse
+            self.hits -= 1
+            self.misses += 1
+            return None
 
     def put_result(self, key: str, result: MatrixResult) -> None:
         self._write("pair", key, *result.to_arrays())

@@ -15,6 +15,7 @@ passes rather than one per token.
 
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,12 +30,14 @@ from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.names import normalise
 from spectui.checkpoint.source import WeightSource
 from spectui.defaults import DEFAULT_LAMBDAS, DEFAULT_MAX_TOKENS
-from spectui.errors import one_line
+from spectui.errors import FileInputError, one_line
 from spectui.finetune.data import Example, load_examples
 from spectui.mitigate import Plan, components
+from spectui.validate import regular_file
 
 MAX_BLOCK = 256  # reference text is scored in blocks of this many tokens, or the model's context
 MLM_GROUPS = 7
+MAX_TOKEN_CHARS = 64  # bytes of text read per token scored: tokens are far shorter
 BATCH = 8
 Part = tuple[str, torch.Tensor]  # (tensor name, intruder component in stored orientation)
 
@@ -243,17 +246,27 @@ def _reference_blocks(tokenizer, text: Path, max_tokens: int, block: int,
                       masked: bool) -> list[list[int]]:
     """The first `max_tokens` tokens of the text, cut into blocks; a masked LM's blocks are
     wrapped in its start and end tokens as in pre-training."""
-    try:
-        content = text.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise CheckpointError(text, "is not UTF-8 text") from err
-    except OSError as err:
-        raise CheckpointError(text, f"cannot be read ({err.strerror})") from err
+    content = _leading_text(text, max_tokens * MAX_TOKEN_CHARS)
     ids = tokenizer(content, add_special_tokens=False, verbose=False)["input_ids"][:max_tokens]
-    if len(ids) < 2:
-        raise CheckpointError(text, "holds fewer than two tokens of text to score")
+    if len(ids) < 2 or not content.strip():
+        raise FileInputError(text, "holds fewer than two tokens of text to score")
     pieces = [ids[i:i + block] for i in range(0, len(ids), block)]
     return [_wrapped(tokenizer, piece) if masked else piece for piece in pieces if len(piece) > 1]
+
+
+def _leading_text(path: Path, limit: int) -> str:
+    """The first `limit` bytes of a UTF-8 text file: a probe scores a bounded number of tokens, so
+    it reads no more than they can take, however large the file (or its one line)."""
+    regular_file(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+    except OSError as err:
+        raise FileInputError(path, f"cannot be read ({err.strerror})") from err
+    try:  # a character cut at the limit is left out, not an error
+        return codecs.getincrementaldecoder("utf-8")().decode(data, final=len(data) < limit)
+    except UnicodeDecodeError:
+        raise FileInputError(path, "is not UTF-8 text") from None
 
 
 def _wrapped(tokenizer, ids: list[int]) -> list[int]:

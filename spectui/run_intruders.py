@@ -12,6 +12,7 @@ Only the scan imports torch (through the engine); reading the file is cheap, for
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from spectui import atomic
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
 from spectui.finetune.runs import LIVE, Run, State
 from spectui.intruders import count_intruders
+from spectui.validate import is_int, is_number
 
 if TYPE_CHECKING:
     from spectui.cache import Cache
@@ -64,12 +66,30 @@ def read_intruders(run: Run) -> list[CheckpointIntruders]:
         return []
     points = {}
     for line in lines:
-        try:
-            point = CheckpointIntruders(**json.loads(line))
-        except (ValueError, TypeError):
-            continue
-        points.setdefault(point.step, point)
+        point = _parsed(line)
+        if point is not None:
+            points.setdefault(point.step, point)
     return [points[step] for step in sorted(points)]
+
+
+def _parsed(line: str) -> CheckpointIntruders | None:
+    """One line, checked field by field; anything else is damage (None)."""
+    try:
+        fields = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(fields, dict) or set(fields) != {f.name for f in dataclasses.fields(CheckpointIntruders)}:
+        return None
+    ints = all(is_int(fields[name]) and fields[name] >= 0 for name in ("step", "k", "total_intruders"))
+    tables = all(isinstance(fields[name], dict) and all(isinstance(key, str) for key in fields[name])
+                 for name in ("per_matrix", "max_cos", "errors"))
+    if not (ints and tables and is_number(fields["epsilon"])):
+        return None
+    try:
+        packed = all(_unpack(value).size for value in fields["max_cos"].values())
+    except (TypeError, ValueError):
+        return None
+    return CheckpointIntruders(**fields) if packed or not fields["max_cos"] else None
 
 
 def scan_targets(run: Run) -> list[tuple[int, Path]]:
@@ -171,5 +191,5 @@ def _pack(values) -> str:
 
 
 def _unpack(text: str) -> np.ndarray:
-    data = base64.b64decode(text)
+    data = base64.b64decode(text, validate=True)
     return np.frombuffer(data[: len(data) // 4 * 4], dtype="<f4")

@@ -161,4 +161,5 @@ def test_bad_output_names_exit_2_in_one_line(cli, tiny, tmp_path):
 
 
 def _lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
+    """What stderr says, without notes (which base an adapter named)."""
+    return [line for line in err.splitlines() if line.strip() and not line.startswith("spectui: note:")]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays 
 
 from spectui.checkpoint.files import CheckpointError, TensorStore, read_json, weight_files
 from spectui.checkpoint.names import MatrixSpec, normalise
+from spectui.validate import boolean, integer, number, text
 
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_PREFIX = "base_model.model."
@@ -60,9 +61,7 @@ class LoraAdapter:
         self.path = path
         self.config_file = path / ADAPTER_CONFIG
         self.config = read_json(self.config_file)
-        peft_type = str(self.config.get("peft_type", "LORA")).upper()
-        if peft_type != "LORA":
-            raise CheckpointError(self.config_file, f"is a {peft_type} adapter; only LoRA adapters are supported")
+        self.settings = LoraSettings.of(self.config, self.config_file)
         self.store = TensorStore(path, weight_files(path), {})
         self.modules: dict[str, LoraModule] = {}
         self.replacements: dict[str, str] = {}  # weight name → adapter key (modules_to_save etc.)
@@ -70,14 +69,14 @@ class LoraAdapter:
 
     @property
     def base_reference(self) -> str | None:
-        return self.config.get("base_model_name_or_path")
+        return self.settings.base
 
     @property
     def rank(self) -> int:
-        return int(self.config.get("r", 8))
+        return self.settings.r
 
     def warnings(self) -> list[str]:
-        init = str(self.config.get("init_lora_weights", True)).lower()
+        init = self.settings.init
         if init.startswith(BASE_CHANGING_INITS):
             return [
                 f"{self.config_file}: init_lora_weights={init} changes the base weights and this adapter "
@@ -105,16 +104,20 @@ class LoraAdapter:
         b_key = found.get("lora_embedding_B" if embedding else "lora_B")
         if a_key is None or b_key is None:
             raise CheckpointError(self.store.path, f"has only one of the two LoRA factors for {module}")
-        a_shape = self.store.shape(a_key)
-        rank = a_shape[0]
-        r = int(_pattern_value(self.config.get("rank_pattern") or {}, module, self.config.get("r", rank)))
-        alpha = float(_pattern_value(self.config.get("alpha_pattern") or {}, module,
-                                     self.config.get("lora_alpha", r)))
-        scaling = alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+        a_shape, b_shape = self.store.shape(a_key), self.store.shape(b_key)
+        settings, file = self.settings, self.config_file
+        r = _pattern_value(settings.rank_pattern, module, settings.r, file, "rank_pattern")
+        alpha = _pattern_value(settings.alpha_pattern, module, settings.alpha, file, "alpha_pattern")
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1] or a_shape[0] != r:
+            raise CheckpointError(self.store.path, f"LoRA factors for {module} (B {_fmt(b_shape)}, A {_fmt(a_shape)}) "
+                                                   f"do not have the rank r={r} that {file.name} gives")
+        magnitude = found.get("lora_magnitude_vector")
+        if magnitude is not None and len(self.store.shape(magnitude)) not in (1, 2):
+            raise CheckpointError(self.store.path, f"has a malformed DoRA magnitude for {module}")
+        scaling = alpha / math.sqrt(r) if settings.use_rslora else alpha / r
         return LoraModule(
-            module=module, a_key=a_key, b_key=b_key, scaling=scaling, rank=rank, embedding=embedding,
-            fan_in_fan_out=bool(self.config.get("fan_in_fan_out")) and not embedding,
-            magnitude_key=found.get("lora_magnitude_vector"),
+            module=module, a_key=a_key, b_key=b_key, scaling=scaling, rank=r, embedding=embedding,
+            fan_in_fan_out=settings.fan_in_fan_out and not embedding, magnitude_key=magnitude,
         )
 
     def check_fits(self, module: LoraModule, base_shape: tuple[int, ...]) -> None:
@@ -154,12 +157,65 @@ def _out_in(base_shape: tuple[int, ...], module: LoraModule) -> tuple[int, int]:
     return (cols, rows) if module.embedding or module.fan_in_fan_out else (rows, cols)
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    """PEFT's `get_pattern_key`: the first key that matches the end of the module path wins."""
+PATTERN_TIMEOUT_S = 0.1  # a pattern key is untrusted: matching it must not hang the scan
+
+
+def _pattern_value(patterns: dict, module: str, default, file: Path, field: str):
+    """PEFT's `get_pattern_key`: the first key that matches the end of the module path wins. Keys
+    are matched with a time bound, so a catastrophically backtracking key is refused, not run."""
+    import regex
+
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
+        try:
+            if regex.match(rf"(.*\.)?({key})$", module, timeout=PATTERN_TIMEOUT_S):
+                return value
+        except regex.error as err:
+            raise CheckpointError(file, f"{field} key {key!r} is not a valid pattern ({err})") from None
+        except TimeoutError:
+            raise CheckpointError(file, f"{field} key {key!r} takes too long to match; refusing it") from None
     return default
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The values of adapter_config.json that the merge uses, each checked before use."""
+
+    r: int
+    alpha: float
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    use_rslora: bool
+    fan_in_fan_out: bool
+    use_dora: bool
+    init: str  # init_lora_weights, lower case ("true", "pissa", …)
+    base: str | None
+
+    @classmethod
+    def of(cls, config: dict, file: Path) -> LoraSettings:
+        peft_type = config.get("peft_type", "LORA")
+        if not isinstance(peft_type, str) or peft_type.upper() != "LORA":
+            raise CheckpointError(file, f"is a {peft_type} adapter; only LoRA adapters are supported")
+        r = integer(config.get("r", 8), file, "r", minimum=1, error=CheckpointError)
+        alpha = number(config.get("lora_alpha", r), file, "lora_alpha", error=CheckpointError)
+        ranks = _patterns(config, "rank_pattern", file, lambda v, f: integer(v, file, f, 1, CheckpointError))
+        alphas = _patterns(config, "alpha_pattern", file, lambda v, f: number(v, file, f, CheckpointError))
+        flags = {name: boolean(config.get(name) or False, file, name, CheckpointError)
+                 for name in ("use_rslora", "fan_in_fan_out", "use_dora")}
+        init = config.get("init_lora_weights", True)
+        if not isinstance(init, bool | str):
+            raise CheckpointError(file, f"init_lora_weights must be true, false or a method name, not {init!r}")
+        base = config.get("base_model_name_or_path")
+        base = None if base in (None, "") else text(base, file, "base_model_name_or_path", CheckpointError)
+        return cls(r=r, alpha=alpha, rank_pattern=ranks, alpha_pattern=alphas, init=str(init).lower(), base=base,
+                   **flags)
+
+
+def _patterns(config: dict, field: str, file: Path, check) -> dict:
+    patterns = config.get(field) or {}
+    if not isinstance(patterns, dict):
+        raise CheckpointError(file, f"{field} must be a table of module patterns")
+    return {text(key, file, f"a {field} key", CheckpointError): check(value, f"{field}[{key!r}]")
+            for key, value in patterns.items()}
 
 
 def _fmt(shape: tuple[int, ...]) -> str:
@@ -200,9 +256,9 @@ class AdaptedModel:
 
     @property
     def description(self) -> str:
-        cfg = self.adapter.config
-        kind = "DoRA" if cfg.get("use_dora") else "rsLoRA" if cfg.get("use_rslora") else "LoRA"
-        return f"{kind} r={cfg.get('r')} α={cfg.get('lora_alpha')}"
+        settings = self.adapter.settings
+        kind = "DoRA" if settings.use_dora else "rsLoRA" if settings.use_rslora else "LoRA"
+        return f"{kind} r={settings.r} α={settings.alpha:g}"
 
     is_adapter = True
 

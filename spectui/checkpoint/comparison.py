@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spectui.checkpoint.adapters import AdaptedModel, LoraAdapter, is_adapter_dir
@@ -38,6 +38,7 @@ class Comparison:
     base: TensorStore
     tuned: list[TunedModel]
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # what the user should know was chosen for them
 
     def matrix_names(self, models: list[int] | None = None) -> list[str]:
         """Every base matrix that at least one (of the given) tuned models changes, in checkpoint order."""
@@ -71,13 +72,19 @@ def open_adapter(path: Path) -> LoraAdapter:
 
 
 def adapter_base(adapter: LoraAdapter) -> Path:
-    """The base an adapter names in its config, found locally (path or Hugging Face cache)."""
-    adapter_dir = adapter.path
+    """The base an adapter names in its config, found locally (path or Hugging Face cache). A
+    relative path that means one directory from here and another from the adapter is refused."""
     reference = adapter.base_reference
     if not reference:
         raise CheckpointError(adapter.config_file, "names no base_model_name_or_path; pass BASE explicitly")
+    if not Path(reference).expanduser().is_absolute():
+        here, beside = Path(reference).resolve(), (adapter.path / reference).resolve()
+        if here != beside and here.exists() and beside.exists():
+            raise CheckpointError(adapter.config_file, f"names base model '{reference}', which could be "
+                                                       f"{beside} (beside the adapter) or {here} (from here); "
+                                                       "pass BASE explicitly")
     try:
-        return locate(reference, relative_to=adapter_dir)
+        return locate(reference, relative_to=adapter.path)
     except CheckpointError as err:
         raise CheckpointError(
             adapter.config_file,
@@ -91,12 +98,13 @@ def open_comparison(base: str | None, tuned: list[str], include_embeddings: bool
     if not tuned:
         raise CheckpointError(base or ".", "nothing to compare: give a tuned model or an adapter")
     tuned_paths = [locate(t) for t in tuned]
-    first_adapter = None
+    first_adapter, notes = None, []
     if base is None:
         if not is_adapter_dir(tuned_paths[0]):
             raise CheckpointError(tuned_paths[0], "is not a PEFT adapter, so BASE must be given too")
         first_adapter = open_adapter(tuned_paths[0])
         base_path = adapter_base(first_adapter)
+        notes.append(f"base {base_path}, as {first_adapter.config_file} names it")
     else:
         base_path = locate(base)
     if is_adapter_dir(base_path):
@@ -107,7 +115,7 @@ def open_comparison(base: str | None, tuned: list[str], include_embeddings: bool
         source = AdaptedModel(base_store, first_adapter) if i == 0 and first_adapter else open_model(path, base_store)
         warnings += source.warnings()
         models.append(TunedModel(source, pair(base_store, source, include_embeddings), label))
-    return Comparison(base_store, models, warnings)
+    return Comparison(base_store, models, warnings, notes)
 
 
 # Directory names that say nothing alone: `runs/<name>/output` reads better as `<name>/output`.

@@ -7,7 +7,6 @@ with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectui.errors import FileInputError, one_line
+from spectui.validate import is_int, json_object, parse_json, regular_file, text
 
 if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
     import torch
@@ -134,46 +134,53 @@ def _read_infos(file: Path) -> list[TensorInfo]:
     if file.suffix == ".safetensors":
         return _safetensors_infos(file)
     state = _torch_load(file)
-    return [TensorInfo(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), file)
-            for k, v in state.items()]
+    return [TensorInfo(text(k, file, "a tensor name", CheckpointError), tuple(v.shape),
+                       str(v.dtype).removeprefix("torch."), file) for k, v in state.items()]
+
+
+MAX_HEADER_BYTES = 100 << 20  # the safetensors format's own limit
 
 
 def _safetensors_infos(file: Path) -> list[TensorInfo]:
-    """Parse and validate the header ourselves: truncation and garbage get a clear message."""
+    """Parse and check the header ourselves, every value before it is used: truncation, garbage and
+    hostile headers get one sentence naming the file and the tensor."""
+    size = regular_file(file, CheckpointError)
     try:
-        size = file.stat().st_size
         with open(file, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
                 raise CheckpointError(file, "is too short to be a safetensors file")
             (header_len,) = struct.unpack("<Q", head)
-            if header_len > size - 8:
+            if header_len > min(size - 8, MAX_HEADER_BYTES):
                 raise CheckpointError(file, "is not a valid safetensors file (header larger than file)")
-            header = json.loads(fh.read(header_len))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(file, "is not a valid safetensors file (unreadable header)") from err
+            raw = fh.read(header_len)
     except OSError as err:
         raise CheckpointError(file, f"cannot be read ({err.strerror})") from err
+    header = parse_json(raw, file, CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(file, "is not a valid safetensors file (header is not a table)")
     data_len = size - 8 - header_len
-    infos = []
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = meta["data_offsets"]
-            dtype, shape = meta["dtype"], tuple(int(d) for d in meta["shape"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise CheckpointError(file, f"has a malformed header entry for {name}") from err
-        if dtype not in _ITEM_SIZES:
-            raise CheckpointError(file, f"stores {name} in unsupported dtype {dtype}")
-        if end > data_len or begin > end:
-            raise CheckpointError(file, f"is truncated: tensor {name} lies past the end of the file")
-        if end - begin != math.prod(shape) * _ITEM_SIZES[dtype]:
-            raise CheckpointError(file, f"is corrupt: tensor {name} has the wrong number of bytes")
-        infos.append(TensorInfo(name, shape, dtype, file, offset=8 + header_len + begin, nbytes=end - begin))
-    return infos
+    return [_tensor_info(file, name, meta, 8 + header_len, data_len)
+            for name, meta in header.items() if name != "__metadata__"]
+
+
+def _tensor_info(file: Path, name: str, meta, data_start: int, data_len: int) -> TensorInfo:
+    text(name, file, "a tensor name", CheckpointError)
+    if not isinstance(meta, dict):
+        raise CheckpointError(file, f"has a malformed header entry for {name}")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _ITEM_SIZES:
+        raise CheckpointError(file, f"stores {name} in unsupported dtype {dtype}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(is_int(d) and d >= 0 for d in shape):
+        raise CheckpointError(file, f"has a malformed shape for {name}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets):
+        raise CheckpointError(file, f"has malformed data offsets for {name}")
+    begin, end = offsets
+    if not 0 <= begin <= end or end > data_len:
+        raise CheckpointError(file, f"is truncated: tensor {name} lies past the end of the file")
+    if end - begin != math.prod(shape) * _ITEM_SIZES[dtype]:
+        raise CheckpointError(file, f"is corrupt: tensor {name} has the wrong number of bytes")
+    return TensorInfo(name, tuple(shape), dtype, file, offset=data_start + begin, nbytes=end - begin)
 
 
 def _torch_load(file: Path) -> dict[str, torch.Tensor]:
@@ -185,6 +192,8 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
 
     def load(mmap: bool):
         return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+
+    regular_file(file, CheckpointError)  # a FIFO would block the read forever
 
     try:
         try:
@@ -207,15 +216,7 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
 
 
 def read_json(file: Path) -> dict:
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(file, f"is not valid JSON (line {err.lineno})") from err
-    except OSError as err:
-        raise CheckpointError(file, f"cannot be read ({err.strerror})") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(file, "does not hold a JSON object")
-    return data
+    return json_object(file, CheckpointError)
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -241,12 +242,18 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def _index_files(index: Path) -> list[Path]:
+    """The shards a shard index names; each must be a file inside the index's own directory."""
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(index, "has no weight_map")
+    folder = index.parent.resolve()
     files = []
     for shard in dict.fromkeys(weight_map.values()):
+        if not isinstance(shard, str) or not shard:
+            raise CheckpointError(index, f"names a shard that is not a file name: {shard!r}")
         file = index.parent / shard
+        if Path(shard).is_absolute() or not file.resolve().is_relative_to(folder):
+            raise CheckpointError(index, f"names shard {shard}, which lies outside {index.parent}; refusing to read it")
         if not file.is_file():
             raise CheckpointError(index, f"names shard {shard}, which is missing")
         files.append(file)

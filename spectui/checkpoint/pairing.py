@@ -70,6 +70,8 @@ def _skip_reason(base, tuned, name, tuned_name, include_embeddings, vocab) -> st
         return "not in tuned"
     if len(shape) != 2:
         return f"{len(shape)}-D tensor"
+    if 0 in shape:
+        return f"empty {_fmt(shape)} matrix"
     if tuple(tuned.shape(tuned_name)) != tuple(shape):
         return f"shape mismatch: base {_fmt(shape)}, tuned {_fmt(tuned.shape(tuned_name))}"
     if not tuned.changes(tuned_name):

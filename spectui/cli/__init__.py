@@ -22,7 +22,9 @@ COMMANDS = {"scan": "scan", "report": "report", "mitigate": "mitigate", "probe":
 
 def build_command_parser() -> argparse.ArgumentParser:
     """`spectui COMMAND ...`: every command's parser."""
-    parser = argparse.ArgumentParser(prog="spectui")
+    from spectui.cli.options import Parser
+
+    parser = Parser(prog="spectui")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(f"spectui.cli.{module}").add_parser(commands)
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except OSError as err:  # a path given cannot be written or read: the file system said why
+        print(f"spectui: error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)
+        return 2
     except Exception as err:  # the last resort: never a traceback on the user's terminal
         log = log_internal_error(err)
         print(f"spectui: internal error: {type(err).__name__}: {one_line(err)} (details in {log})", file=sys.stderr)

@@ -4,6 +4,7 @@ on the command line, and a scan with progress on stderr."""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -13,25 +14,50 @@ from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, LAMBDA_RANGE, SCOPES, T
 LAMBDAS_TEXT = f"[{LAMBDA_RANGE[0]:g}, {LAMBDA_RANGE[1]:g}]"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with errors in one line (the usage block is what --help is for)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _parsed(value: str, kind: type, words: str):
+    """`kind(value)`, or an error that says what was expected (argparse would name the function)."""
+    try:
+        parsed = kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not {words}") from None
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a finite number")
+    return parsed
+
+
 def k_value(value: str) -> int:
-    k = int(value)
+    k = _parsed(value, int, "a whole number")
     if not 1 <= k <= TOP_VECTORS:
         raise argparse.ArgumentTypeError(f"k must be from 1 to {TOP_VECTORS} (max|cos| is kept for that many)")
     return k
 
 
 def epsilon_value(value: str) -> float:
-    eps = float(value)
+    eps = _parsed(value, float, "a number")
     if not 0 < eps <= 1:
         raise argparse.ArgumentTypeError("epsilon must be in (0, 1]")
     return eps
 
 
 def count_value(value: str) -> int:
-    count = int(value)
+    count = _parsed(value, int, "a whole number")
     if count < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
     return count
+
+
+def workers_value(value: str) -> int:
+    workers = _parsed(value, int, "a whole number")
+    if not 1 <= workers <= 256:
+        raise argparse.ArgumentTypeError("must be from 1 to 256")
+    return workers
 
 
 def device_value(value: str) -> str:
@@ -42,7 +68,7 @@ def device_value(value: str) -> str:
 
 
 def lambda_value(value: str) -> float:
-    lam = float(value)
+    lam = _parsed(value, float, "a number")
     if not LAMBDA_RANGE[0] <= lam <= LAMBDA_RANGE[1]:
         raise argparse.ArgumentTypeError(f"λ must be in {LAMBDAS_TEXT}, not {value}")
     return lam
@@ -57,7 +83,7 @@ def scan_options() -> argparse.ArgumentParser:
     opts.add_argument("--eps", type=epsilon_value, default=DEFAULT_EPSILON, help="intruder threshold ε (0.5)")
     opts.add_argument("--device", type=device_value, default="auto",
                       help="auto (CUDA when present), cpu, cuda, cuda:N")
-    opts.add_argument("--workers", type=int, default=None, help="parallel matrix jobs")
+    opts.add_argument("--workers", type=workers_value, default=None, help="parallel matrix jobs")
     opts.add_argument("--cache-dir", type=Path, default=None, help="default: $XDG_CACHE_HOME/spectui")
     opts.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     opts.add_argument("--include-embeddings", action="store_true",
@@ -101,6 +127,9 @@ def device(args):
 
 
 def warn(comparison) -> None:
+    """What the user should know before reading the results, on stderr."""
+    for note in comparison.notes:
+        print(f"spectui: note: {note}", file=sys.stderr)
     for warning in comparison.warnings:
         print(f"spectui: warning: {warning}", file=sys.stderr)
 
@@ -130,7 +159,9 @@ def scan_from_args(args, comparison=None, progress: bool = True):
             if isinstance(event, MatrixFailed):
                 err.print(f"spectui: error: {event.message}", highlight=False, markup=False, soft_wrap=True)
 
-        scan = Scan(comparison, Cache(cache_root(args)), device=args.device, workers=args.workers,
+        cache = Cache(cache_root(args), warn=lambda message: err.print(f"spectui: warning: {message}", highlight=False,
+                                                                        markup=False, soft_wrap=True))
+        scan = Scan(comparison, cache, device=args.device, workers=args.workers,
                     on_event=on_event)
         bar.update(task, total=scan.total)
         scan.start()

@@ -19,9 +19,9 @@ def _lambdas(value: str) -> list[float]:
 
 
 def _token_budget(value: str) -> int:
-    n = int(value)
+    n = int(value) if value.isdigit() else 0
     if n < 2:
-        raise argparse.ArgumentTypeError("must be at least 2")
+        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of at least 2")
     return n
 
 

@@ -2,7 +2,9 @@
 
 Each browser tab gets its own `spectui` process with the same paths and options (minus the serve
 options); they share the scan cache. textual-serve has no authentication, so the server binds to
-loopback unless told otherwise, and the way in from another machine is an SSH port forward.
+loopback unless told otherwise, and the way in from another machine is an SSH port forward. Nor does
+it check who connects: any web page the user visits could open its websocket and drive the app, so
+a guard refuses websockets from pages spectui did not serve and Host names it is not reachable under.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ipaddress
 import os
 import shlex
 import sys
+from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -65,6 +68,12 @@ def serve(args) -> int:
             self.public_url = f"{request.scheme}://{request.host}"  # no await before the handler reads it
             return await super().handle_index(request)
 
+        async def _make_app(self):
+            """Every route (page, websocket, downloads, statics) behind the guard: textual-serve has none."""
+            app = await super()._make_app()
+            app.middlewares.append(same_site_only(self.host))
+            return app
+
     command = shlex.join([sys.executable, "-m", "spectui", *app_argv(argv)])
     print(_instructions(args.host, args.port), file=sys.stderr)
     try:
@@ -73,6 +82,60 @@ def serve(args) -> int:
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise UsageError(f"--host {args.host} --port {args.port}: cannot listen ({reason})") from err
     return 0
+
+
+def same_site_only(bound_host: str):
+    """aiohttp middleware that answers 403, before any handler (so before any app process starts),
+    to whatever `refusal` refuses."""
+    from aiohttp import web
+
+    @web.middleware
+    async def guard(request, handler):
+        websocket = request.match_info.route.name == "websocket"
+        reason = refusal(request.headers.get("Host"), request.headers.get("Origin"), websocket, bound_host)
+        if reason:
+            raise web.HTTPForbidden(text=reason)
+        return await handler(request)
+
+    return guard
+
+
+def refusal(host: str | None, origin: str | None, websocket: bool, bound_host: str) -> str | None:
+    """Why a request is refused, or None. Browsers let any page open a websocket anywhere and send its
+    origin along, so only the page served here (Origin == Host) may drive the app; and a loopback
+    server answers only to loopback names, since another name reaching it is DNS rebinding."""
+    if not _reachable_as(host, bound_host):
+        return f"Refused: this server does not answer to the Host {host or '(none)'}.\n"
+    if websocket and not _same_origin(origin, host):
+        return f"Refused: the Origin {origin or '(none)'} is not a page served by spectui at {host}.\n"
+    return None
+
+
+def _reachable_as(host: str | None, bound_host: str) -> bool:
+    """Whether `host` (a Host header) may name this server: any name when it is bound to a public address,
+    only a loopback one when bound to loopback. The port is free: behind an SSH forward it is the
+    forwarded one, and a rebinding page's host name is its own whatever the port."""
+    name = _host_name(host or "")
+    return name is not None and (is_loopback(name) or not is_loopback(bound_host))
+
+
+def _same_origin(origin: str | None, host: str) -> bool:
+    """Whether the page that opened the websocket came from this address (as the browser spelled it)."""
+    parts = urlsplit(origin or "")
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
+
+
+def _host_name(netloc: str) -> str | None:
+    """The host of `name[:port]` or `[v6][:port]`, lower case and unbracketed; None unless that is all
+    `netloc` is (no user, path or bad port)."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        _ = parts.port  # raises on a port that is not one
+    except ValueError:
+        return None
+    if not netloc or parts.netloc != netloc or parts.username is not None:
+        return None
+    return parts.hostname
 
 
 def _instructions(host: str, port: int) -> str:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spectui.cli.options import cache_root, open_from_args, scan_options
+from spectui.cli.options import Parser, cache_root, open_from_args, scan_options
 from spectui.cli.serve import serve, serve_options
 
 
 def build_parser() -> argparse.ArgumentParser:
     from spectui.cli import COMMANDS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="spectui",
         description="Inspect what fine-tuning did to a model's weights. Commands: "
         + ", ".join(COMMANDS) + " (spectui COMMAND --help).",

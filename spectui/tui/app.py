@@ -81,9 +81,13 @@ class SpectuiApp(App):
         return OverviewScreen(self.inspector)
 
     def on_mount(self) -> None:
+        self.inspector.warn = lambda message: self.call_from_thread(
+            self.notify, message, title="cache", severity="warning", timeout=15, markup=False)
         self._update_subtitle()
+        for note in self.inspector.comparison.notes:
+            self.notify(note, timeout=8, markup=False)
         for warning in self.inspector.comparison.warnings:
-            self.notify(warning, severity="warning", timeout=15)
+            self.notify(warning, severity="warning", timeout=15, markup=False)
         self.set_interval(REFRESH_SECONDS, self._publish_results)
         # torch's import holds the GIL for a second: start it only once the first frame is out
         self.call_after_refresh(self.scan_in_background)
@@ -202,10 +206,9 @@ class SpectuiApp(App):
     def scan_runs(self, runs: list[Run]) -> None:
         """Writes each run's intruders.jsonl (the live views plot it) until the runs end; the
         base's decompositions come from the inspector's cache."""
-        from spectui.cache import Cache
         from spectui.run_intruders import follow_runs
 
-        follow_runs(runs, Cache(self.inspector.cache_root), get_current_worker().cancelled_event,
+        follow_runs(runs, self.inspector.cache(), get_current_worker().cancelled_event,
                     on_error=lambda run, message: self.call_from_thread(self._unfollow, run, message),
                     device=self.inspector.device, workers=self.inspector.workers)
 

@@ -19,6 +19,7 @@ from spectui.finetune.runs import Run, RunError, State
 from spectui.results import ScanResults
 
 if TYPE_CHECKING:
+    from spectui.cache import Cache
     from spectui.engine import Scan, ScanEvent
     from spectui.mitigate import Plan, Refit
     from spectui.probe import ProbeRow
@@ -71,6 +72,7 @@ class Inspector:
         self.device = device
         self.workers = workers
         self.scans: list[Scan] = []
+        self.warn: Callable[[str], None] = lambda message: None  # told once, from a worker thread
         self._on_event: Callable[[ScanEvent], None] | None = None
         self._wanted: list[str] = []
 
@@ -99,16 +101,21 @@ class Inspector:
     # -- the scans ----------------------------------------------------------------------------
     def start(self, on_event: Callable[[ScanEvent], None], models: list[int] | None = None) -> Scan:
         """Scan the given tuned models (all at first); later calls add models to the comparison."""
-        from spectui.cache import Cache
         from spectui.engine import Scan
 
         self._on_event = on_event
-        scan = Scan(self.comparison, Cache(self.cache_root), device=self.device,
+        scan = Scan(self.comparison, self.cache(), device=self.device,
                     workers=self.workers, on_event=on_event, models=models)
         for name in self._wanted:
             scan.prioritize(name)
         self.scans.append(scan)
         return scan.start()
+
+    def cache(self) -> Cache:
+        """The scan cache; a cache that cannot be written is said once, and the scan goes on."""
+        from spectui.cache import Cache
+
+        return Cache(self.cache_root, warn=self.warn)
 
     def add_model(self, path: Path) -> int:
         """One more tuned model (a finished run's output): the base's decompositions are cached."""
