@@ -110,6 +110,16 @@ class SpectuiApp(App):
         """Bad input, in one line: the TUI's one way of saying it (the CLI's is exit code 2)."""
         self.notify(str(error), title="cannot do that", severity="error", timeout=10, markup=False)
 
+    def _fatal_error(self) -> None:
+        """Textual's end for an unhandled exception, with one line naming the log that holds the
+        traceback instead of the traceback itself. (Textual has no public hook for this; tests still
+        see the exception, which run_test re-raises.)"""
+        error = self._exception
+        log = log_internal_error(error) if error is not None else "nowhere"
+        self.exit(return_code=1, message=f"spectui: internal error: {type(error).__name__}: {one_line(error)} "
+                                         f"(details in {log})")
+        self._close_messages_no_wait()
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         self.worker_ended(event)
 

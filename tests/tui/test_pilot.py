@@ -265,3 +265,22 @@ async def test_keys_typed_after_quit_do_not_open_screens_on_a_closing_app(make_a
             app.post_message(events.Key(key, None))
         await pilot.pause(0.5)
     assert app.return_code == 0
+
+
+async def test_an_unexpected_error_ends_the_app_with_one_line_and_a_log(make_app, tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    app = make_app()
+
+    def broken() -> None:
+        raise RuntimeError("nobody planned for this")
+
+    monkeypatch.setattr(app, "action_compare", broken)
+    with pytest.raises(RuntimeError):
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("c")
+            await pilot.pause()
+    log = tmp_path / "state" / "spectui" / "errors.log"
+    assert app.return_code == 1
+    assert "RuntimeError: nobody planned for this" in log.read_text() and "Traceback" in log.read_text()
