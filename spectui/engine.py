@@ -177,12 +177,12 @@ class Scan:
     # -- control ------------------------------------------------------------------------------
     def start(self) -> Scan:
         self._started_at = time.monotonic()
-        threads_each = max(1, (os.cpu_count() or 1) // self.workers) if self.device.type == "cpu" else 1
+        self._torch_threads = torch.get_num_threads()  # the workers set one; the process gets its own back
         if self.device.type == "cpu":
-            _limit_lapack_threads(threads_each)
+            _limit_lapack_threads(max(1, (os.cpu_count() or 1) // self.workers))
         self._live = self.workers
         for i in range(self.workers):
-            threading.Thread(target=self._work, args=(threads_each,), daemon=True, name=f"spectui-scan-{i}").start()
+            threading.Thread(target=self._work, daemon=True, name=f"spectui-scan-{i}").start()
         return self
 
     def run(self) -> Scan:
@@ -237,8 +237,11 @@ class Scan:
                     return name
             return None
 
-    def _work(self, threads: int) -> None:
-        torch.set_num_threads(threads)
+    def _work(self) -> None:
+        # The heavy solves run in LAPACK, on the cores each worker was given; torch's own thread
+        # pool busy-waits between calls and fought LAPACK's for the same cores (--workers 1 was 10×
+        # slower than 2), so torch keeps one thread per worker.
+        torch.set_num_threads(1)
         _yield_to_interactive_threads()
         while (name := self._next()) is not None:
             try:
@@ -259,6 +262,7 @@ class Scan:
                 self._finish_locked()
 
     def _finish_locked(self) -> None:
+        torch.set_num_threads(self._torch_threads)
         self._finished = True
         self._lock.notify_all()
         self.on_event(ScanFinished(cancelled=self._cancelled))
