@@ -3,14 +3,20 @@
 Keys hash the tensor bytes and the algorithm version, so a base decomposed once serves every tuned
 model compared with it, whatever file it was read from. Entries are safetensors files (no pickle),
 written to a temporary name and renamed; each carries a digest of its data, so a damaged entry is
-noticed, dropped and recomputed.
+noticed, dropped and recomputed. The cache is capped in size: past the cap, the least recently
+used entries go. A manifest per model scanned says which entries are its (`spectui cache info`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import os
+import re
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +58,19 @@ def _entry_digest(key: str, arrays: dict[str, np.ndarray], meta: dict[str, str])
 _RESULT_ARRAYS = {"sigma_base": (1, "f"), "sigma_tuned": (1, "f"), "sigma_delta": (1, "f"), "max_cos": (1, "f"),
                   "best_base": (1, "i"), "similarity": (2, "f")}
 _DECOMPOSITION_ARRAYS = {"sigma": (1, "f"), "u": (2, "f")}
+KINDS = ("base", "pair")
+DEFAULT_MAX_BYTES = 20 << 30  # a laptop disk spares this; a whole 8B base's entries fit
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ModelEntries:
+    """What the cache holds for one model scanned: its path, role, and entries still present."""
+
+    path: str
+    role: str  # base | tuned
+    entries: int
+    bytes: int
 
 
 class Cache:
@@ -61,12 +80,16 @@ class Cache:
     its shape checks is dropped and recomputed; when entries cannot be written (read-only, full,
     not a directory) `warn` hears it once and the scan goes on without writing."""
 
-    def __init__(self, root: Path | None, warn: Callable[[str], None] | None = None):
+    def __init__(self, root: Path | None, warn: Callable[[str], None] | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
         self.root = root
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
         self._warn = warn or (lambda message: None)
         self._writable = True
+        self._lock = threading.Lock()
+        self._size: int | None = None  # bytes held, counted once and then kept up to date
 
     def _file(self, kind: str, key: str) -> Path:
         return self.root / kind / key[:2] / f"{key}.safetensors"
@@ -93,6 +116,8 @@ class Cache:
                 file.unlink()
             self.misses += 1
             return None
+        with contextlib.suppress(OSError):
+            os.utime(file)  # recently used: the last to be evicted
         self.hits += 1
         return arrays, meta
 
@@ -102,11 +127,102 @@ class Cache:
         from safetensors.numpy import save
 
         data = save(arrays, metadata={**meta, "digest": _entry_digest(key, arrays, meta)})
+        if len(data) > self.max_bytes:
+            return
         try:
+            self._make_room(len(data))
             atomic.write_bytes(self._file(kind, key), data)
         except OSError as err:
             self._writable = False
             self._warn(f"{self.root}: cannot write the cache ({err.strerror or err}); going on without it")
+
+    # -- size -----------------------------------------------------------------------------------
+    def entries(self) -> list[tuple[Path, int, float]]:
+        """(file, bytes, last use) of every entry."""
+        found = []
+        for kind in KINDS:
+            for file in (self.root / kind).glob("*/*.safetensors") if self.root else ():
+                with contextlib.suppress(OSError):
+                    info = file.stat()
+                    found.append((file, info.st_size, info.st_mtime))
+        return found
+
+    def _make_room(self, incoming: int) -> None:
+        """Evict the least recently used entries until `incoming` more bytes fit under the cap."""
+        with self._lock:
+            if self._size is None:
+                self._size = sum(size for _, size, _ in self.entries())
+            self._size += incoming
+            if self._size <= self.max_bytes:
+                return
+            self._size = sum(size for _, size, _ in self.entries()) + incoming  # other processes write too
+            for file, size, _ in sorted(self.entries(), key=lambda entry: entry[2]):
+                if self._size <= self.max_bytes:
+                    break
+                with contextlib.suppress(OSError):
+                    file.unlink()
+                    self._size -= size
+
+    # -- which entries are whose ----------------------------------------------------------------
+    def remember(self, model: Path, role: str, keys: dict[str, set[str]]) -> None:
+        """Add the entries a scan used to the model's manifest (for `spectui cache info / clear`)."""
+        if self.root is None or not self._writable or not any(keys.values()):
+            return
+        file = self._manifest(model)
+        known = self._read_manifest(file) or {"path": str(model.resolve()), "role": role, "keys": {}}
+        for kind, new in keys.items():
+            known["keys"][kind] = sorted(set(known["keys"].get(kind, [])) | new)
+        with contextlib.suppress(OSError):
+            atomic.write_text(file, json.dumps(known))
+
+    def models(self) -> list[ModelEntries]:
+        """Every model with a manifest, and how much of what it used is still cached."""
+        listed = []
+        for file in sorted((self.root / "models").glob("*.json")) if self.root else ():
+            manifest = self._read_manifest(file)
+            if manifest is None:
+                continue
+            present = [self._file(kind, key) for kind, keys in manifest["keys"].items() for key in keys]
+            sizes = [f.stat().st_size for f in present if f.is_file()]
+            listed.append(ModelEntries(manifest["path"], manifest["role"], len(sizes), sum(sizes)))
+        return listed
+
+    def clear(self, model: Path | None = None) -> int:
+        """Remove every entry (and manifest), or one model's; returns the bytes freed. Entries a
+        model shares with another (a base serves many tuned models) go with it."""
+        freed = 0
+        if model is None:
+            targets = [file for file, _, _ in self.entries()] + sorted((self.root / "models").glob("*.json"))
+        else:
+            manifest = self._read_manifest(self._manifest(model)) or {"keys": {}}
+            targets = [self._file(kind, key) for kind, keys in manifest["keys"].items() for key in keys]
+            targets.append(self._manifest(model))
+        for file in targets:
+            with contextlib.suppress(OSError):
+                size = file.stat().st_size
+                file.unlink()
+                freed += size
+        self._size = None
+        return freed
+
+    def _manifest(self, model: Path) -> Path:
+        return self.root / "models" / f"{hashlib.sha256(str(model.resolve()).encode()).hexdigest()[:32]}.json"
+
+    def _read_manifest(self, file: Path) -> dict | None:
+        """A manifest, checked: keys name entries, so only hex digests of the right kinds pass."""
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return None
+        if not (isinstance(data, dict) and isinstance(data.get("path"), str) and data.get("role") in ("base", "tuned")
+                and isinstance(data.get("keys"), dict)):
+            return None
+        keys = data["keys"]
+        if not all(kind in KINDS and isinstance(values, list) and all(isinstance(k, str) and _KEY.fullmatch(k)
+                                                                         for k in values)
+                   for kind, values in keys.items()):
+            return None
+        return data
 
     def get_decomposition(self, key: str) -> Decomposition | None:
         entry = self._read("base", key, _DECOMPOSITION_ARRAYS)

@@ -159,6 +159,7 @@ class Scan:
         self.on_event = on_event or (lambda event: None)
         self.names = comparison.matrix_names(self.models)
         self.results: dict[tuple[int, str], MatrixResult] = {}
+        self._used: dict[Path, set[str]] = {}  # cache keys each model's scan used (for its manifest)
         self.errors: dict[str, MatrixFailed] = {}
         self._cost = {name: _cost(comparison.spec(name).shape) for name in self.names}
         self._total_cost = sum(self._cost.values()) or 1
@@ -263,6 +264,10 @@ class Scan:
 
     def _finish_locked(self) -> None:
         torch.set_num_threads(self._torch_threads)
+        base = self.comparison.base.path
+        for path, keys in self._used.items():
+            self.cache.remember(path, "base" if path == base else "tuned",
+                                {"base" if path == base else "pair": keys})
         self._finished = True
         self._lock.notify_all()
         self.on_event(ScanFinished(cancelled=self._cancelled))
@@ -276,6 +281,7 @@ class Scan:
         comparison = self.comparison
         w0 = load_matrix(comparison.base, name, comparison.spec(name))
         base_key = tensor_digest(w0)
+        self._used.setdefault(comparison.base.path, set()).add(base_key)
         base = None
         for index in self.models:
             model = comparison.tuned[index]
@@ -285,6 +291,7 @@ class Scan:
             w = load_matrix(model.source, spec.tuned_name, spec)
             factors = model.source.delta_factors(spec)
             key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
+            self._used.setdefault(model.path, set()).add(key)
             result = self.cache.get_result(key)
             cached = result is not None
             if result is None:

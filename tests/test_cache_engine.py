@@ -135,3 +135,50 @@ def test_free_heap_is_handed_back_once_resident_memory_has_grown_by_the_slack(mo
     resident[0] = (120 << 20) + heap.SLACK  # the new ceiling counts from what the trim left
     heap.after_matrix()
     assert trims == [0]
+
+
+def test_the_cache_stays_under_its_cap_by_evicting_the_least_recently_used(tiny, cache_dir):
+    run(tiny, Cache(cache_dir), "lora")
+    sizes = {file: size for file, size, _ in Cache(cache_dir).entries()}
+    total = sum(sizes.values())
+    old = sorted(sizes, key=lambda f: f.stat().st_mtime)[0]
+    os.utime(old, (1, 1))  # the least recently used
+    cap = total + max(sizes.values()) // 2
+    cache = Cache(cache_dir, max_bytes=cap)
+    second = run(tiny, cache, "full")  # new pair entries must push old ones out
+    assert not second.errors
+    held = Cache(cache_dir).entries()
+    assert sum(size for _, size, _ in held) <= cap
+    assert old not in {file for file, _, _ in held}
+
+
+def test_info_lists_each_model_and_clear_removes_one_models_entries(tiny, cache_dir, cli):
+    run(tiny, Cache(cache_dir), "lora", "full")
+    ran = cli("cache", "info", "--cache-dir", cache_dir)
+    assert ran.code == 0 and "entries" in ran.out
+    listed = {m.path for m in Cache(cache_dir).models()}
+    assert listed == {str((tiny / name).resolve()) for name in ("base", "lora", "full")}
+    by_path = {m.path: m for m in Cache(cache_dir).models()}
+    lora, base = (by_path[str((tiny / name).resolve())] for name in ("lora", "base"))
+    assert lora.entries == 6 and base.role == "base"  # q, v and down of two layers
+    ran = cli("cache", "clear", tiny / "lora", "--cache-dir", cache_dir)
+    assert ran.code == 0 and "freed" in ran.out
+    left = {m.path for m in Cache(cache_dir).models()}
+    assert str((tiny / "lora").resolve()) not in left and str((tiny / "full").resolve()) in left
+    assert cli("cache", "clear", "--cache-dir", cache_dir).code == 0
+    assert Cache(cache_dir).entries() == []
+
+
+def test_a_manifest_naming_files_outside_the_cache_is_ignored(tiny, cache_dir, tmp_path):
+    import json
+
+    run(tiny, Cache(cache_dir), "lora")
+    victim = tmp_path / "keep.txt"
+    victim.write_text("mine")
+    for manifest in (cache_dir / "models").glob("*.json"):
+        data = json.loads(manifest.read_text())
+        data["keys"] = {"pair": ["../../../" + str(victim)]}
+        manifest.write_text(json.dumps(data))
+    assert Cache(cache_dir).models() == []
+    Cache(cache_dir).clear(tiny / "lora")
+    assert victim.read_text() == "mine"

@@ -17,7 +17,7 @@ from spectui.errors import InputError, log_internal_error, one_line
 
 # command → module of this package (the inspector itself is `tui`)
 COMMANDS = {"scan": "scan", "report": "report", "mitigate": "mitigate", "probe": "probe",
-            "train": "train", "runs": "train"}
+            "train": "train", "runs": "train", "cache": "cache"}
 
 
 def build_command_parser() -> argparse.ArgumentParser:

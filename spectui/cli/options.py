@@ -60,6 +60,17 @@ def workers_value(value: str) -> int:
     return workers
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_value(value: str) -> int:
+    """Bytes from a size such as 500M, 20G or 1.5T (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a size (e.g. 500M, 20G)")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
 def device_value(value: str) -> str:
     """Checked by name here (torch loads later); whether CUDA is present is checked when scanning."""
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
@@ -86,6 +97,8 @@ def scan_options() -> argparse.ArgumentParser:
     opts.add_argument("--workers", type=workers_value, default=None, help="parallel matrix jobs")
     opts.add_argument("--cache-dir", type=Path, default=None, help="default: $XDG_CACHE_HOME/spectui")
     opts.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    opts.add_argument("--cache-max", type=size_value, default=None, metavar="SIZE",
+                      help="cap on the cache's size; least recently used entries go first (20G)")
     opts.add_argument("--include-embeddings", action="store_true",
                       help="also scan embeddings and lm_head (off by default)")
     return opts
@@ -119,6 +132,13 @@ def cache_root(args) -> Path | None:
     return None if args.no_cache else (args.cache_dir or cache_dir())
 
 
+def open_cache(args, warn=None):
+    """The scan cache the options name."""
+    from spectui.cache import DEFAULT_MAX_BYTES, Cache
+
+    return Cache(cache_root(args), warn=warn, max_bytes=args.cache_max or DEFAULT_MAX_BYTES)
+
+
 def device(args):
     """The torch device the options name, checked against this machine."""
     from spectui.engine import resolve_device
@@ -140,7 +160,6 @@ def scan_from_args(args, comparison=None, progress: bool = True):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from spectui.cache import Cache
     from spectui.engine import MatrixDone, MatrixFailed, Scan
     from spectui.results import ScanResults
 
@@ -159,8 +178,8 @@ def scan_from_args(args, comparison=None, progress: bool = True):
             if isinstance(event, MatrixFailed):
                 err.print(f"spectui: error: {event.message}", highlight=False, markup=False, soft_wrap=True)
 
-        cache = Cache(cache_root(args), warn=lambda message: err.print(f"spectui: warning: {message}", highlight=False,
-                                                                        markup=False, soft_wrap=True))
+        cache = open_cache(args, warn=lambda message: err.print(f"spectui: warning: {message}", highlight=False,
+                                                                 markup=False, soft_wrap=True))
         scan = Scan(comparison, cache, device=args.device, workers=args.workers,
                     on_event=on_event)
         bar.update(task, total=scan.total)

@@ -30,6 +30,7 @@ def run(args) -> int:
     from spectui.tui.app import SpectuiApp
     from spectui.tui.inspector import Inspector
 
-    inspector = Inspector(comparison, cache_root(args), device=args.device, workers=args.workers)
+    inspector = Inspector(comparison, cache_root(args), device=args.device, workers=args.workers,
+                          cache_max=args.cache_max)
     SpectuiApp(inspector, k=args.k, epsilon=args.eps, export_dir=args.export_dir).run()
     return 0

@@ -66,9 +66,10 @@ class RowView:
 
 class Inspector:
     def __init__(self, comparison: Comparison, cache_root: Path | None, device: str = "auto",
-                 workers: int | None = None):
+                 workers: int | None = None, cache_max: int | None = None):
         self.comparison = comparison
         self.cache_root = cache_root
+        self.cache_max = cache_max
         self.device = device
         self.workers = workers
         self.scans: list[Scan] = []
@@ -113,9 +114,9 @@ class Inspector:
 
     def cache(self) -> Cache:
         """The scan cache; a cache that cannot be written is said once, and the scan goes on."""
-        from spectui.cache import Cache
+        from spectui.cache import DEFAULT_MAX_BYTES, Cache
 
-        return Cache(self.cache_root, warn=self.warn)
+        return Cache(self.cache_root, warn=self.warn, max_bytes=self.cache_max or DEFAULT_MAX_BYTES)
 
     def add_model(self, path: Path) -> int:
         """One more tuned model (a finished run's output): the base's decompositions are cached."""
