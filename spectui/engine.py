@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,16 @@ from spectui.cache import Cache, tensor_digest
 from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import load_matrix
+from spectui.defaults import SIMILARITY_SIZE, TOP_VECTORS
 from spectui.errors import UsageError, one_line
-from spectui.spectral import MatrixResult, compare, decompose
+from spectui.spectral import (
+    Decomposition,
+    MatrixResult,
+    compare,
+    decompose,
+    marchenko_pastur_distance,
+    singular_values,
+)
 
 
 @dataclass(frozen=True)
@@ -149,19 +157,22 @@ class Scan:
         workers: int | None = None,
         on_event: Callable[[ScanEvent], None] | None = None,
         models: list[int] | None = None,
+        names: Collection[str] | None = None,
     ):
-        """`models`: indices of the tuned models to scan (all by default), e.g. one just added."""
+        """`models`: indices of the tuned models to scan (all by default), e.g. one just added;
+        `names`: the base matrices to scan (all those the models change by default), e.g. one
+        rank's share of a distributed scan."""
         self.comparison = comparison
         self.models = list(range(len(comparison.tuned))) if models is None else models
         self.cache = cache
         self.device = resolve_device(device)
         self.workers = workers or default_workers(self.device)
         self.on_event = on_event or (lambda event: None)
-        self.names = comparison.matrix_names(self.models)
+        self.names = [n for n in comparison.matrix_names(self.models) if names is None or n in names]
         self.results: dict[tuple[int, str], MatrixResult] = {}
         self._used: dict[Path, set[str]] = {}  # cache keys each model's scan used (for its manifest)
         self.errors: dict[str, MatrixFailed] = {}
-        self._cost = {name: _cost(comparison.spec(name).shape) for name in self.names}
+        self._cost = {name: matrix_cost(comparison.spec(name).shape) for name in self.names}
         self._total_cost = sum(self._cost.values()) or 1
         self._done_cost = 0
         self._done: set[str] = set()
@@ -289,23 +300,50 @@ class Scan:
             if spec is None or self._cancelled:
                 continue
             w = load_matrix(model.source, spec.tuned_name, spec)
+            if torch.equal(w, w0):  # the fine-tune left it as it was: no decomposition, nothing to cache
+                if base is None:
+                    base = self.cache.get_decomposition(base_key)
+                sigma = base.sigma if base is not None else singular_values(w0.to(self.device))
+                self.results[(index, name)] = result = unchanged_result(sigma, (w0.shape[0], w0.shape[1]))
+                self.on_event(MatrixDone(name, index, result, cached=False))
+                continue
             factors = model.source.delta_factors(spec)
             key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
             self._used.setdefault(model.path, set()).add(key)
             result = self.cache.get_result(key)
             cached = result is not None
             if result is None:
-                if base is None:
-                    base = self.cache.get_decomposition(base_key)
-                if base is None:
-                    base = decompose(w0.to(self.device))
-                    self.cache.put_decomposition(base_key, base)
+                base = base or self._base_decomposition(base_key, w0)
                 result = compare(base, w0.to(self.device), w.to(self.device), factors)
                 self.cache.put_result(key, result)
             self.results[(index, name)] = result
             self.on_event(MatrixDone(name, index, result, cached))
 
+    def _base_decomposition(self, base_key: str, w0: torch.Tensor) -> Decomposition:
+        base = self.cache.get_decomposition(base_key)
+        if base is None:
+            base = decompose(w0.to(self.device))
+            self.cache.put_decomposition(base_key, base)
+        return base
 
-def _cost(shape: tuple[int, int]) -> int:
+
+def unchanged_result(sigma: torch.Tensor, shape: tuple[int, int]) -> MatrixResult:
+    """What `compare` finds when W = W0 exactly, from W0's singular values alone (no vectors: the
+    eigenvalues cost a fraction of a decomposition): W's singular vectors are W0's, so every max|cos|
+    is 1 (no intruder at any ε) and ΔW's spectrum is zero, which is how `results.is_unchanged`
+    knows the pair."""
+    import numpy as np
+
+    top, size = min(TOP_VECTORS, *shape), min(shape)
+    sigma = sigma.cpu().numpy()
+    return MatrixResult(
+        shape=shape, sigma_base=sigma, sigma_tuned=sigma.copy(), sigma_delta=np.zeros(size),
+        max_cos=np.ones(top, dtype=np.float32), best_base=np.arange(top, dtype=np.int32),
+        similarity=np.eye(min(top, SIMILARITY_SIZE), min(size, SIMILARITY_SIZE), dtype=np.float32),
+        delta_rel_norm=0.0, base_mp_distance=marchenko_pastur_distance(sigma, shape),
+    )
+
+
+def matrix_cost(shape: tuple[int, int]) -> int:
     m, n = shape
     return m * n * min(m, n)

@@ -156,37 +156,62 @@ def warn(comparison) -> None:
 
 def scan_from_args(args, comparison=None, progress: bool = True):
     """Scan the comparison (opened from the arguments unless given), with a progress bar and
-    failures on stderr; returns ScanResults."""
+    failures on stderr; returns ScanResults. Launched as several ranks (torchrun, accelerate
+    launch), each scans its share and only rank 0 returns: the others exit here, quietly."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from spectui.engine import MatrixDone, MatrixFailed, Scan
+    from spectui import distributed
+    from spectui.engine import MatrixDone, MatrixFailed
     from spectui.results import ScanResults
 
     device(args)
     if comparison is None:
         comparison = open_from_args(args)
-    warn(comparison)
+    ranks = distributed.world()
+    if not ranks or ranks[0] == 0:
+        warn(comparison)
     err = Console(stderr=True)
-    with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.description}"), console=err, transient=True, disable=not progress) as bar:
-        task = bar.add_task("", total=None)
+    cache = open_cache(args, warn=lambda message: err.print(f"spectui: warning: {message}", highlight=False,
+                                                             markup=False, soft_wrap=True))
 
-        def on_event(event):
-            if isinstance(event, (MatrixDone, MatrixFailed)):
-                bar.update(task, description=event.name)
-            if isinstance(event, MatrixFailed):
-                err.print(f"spectui: error: {event.message}", highlight=False, markup=False, soft_wrap=True)
+    def tell_failure(event):
+        if isinstance(event, MatrixFailed):
+            err.print(f"spectui: error: {event.message}", highlight=False, markup=False, soft_wrap=True)
 
-        cache = open_cache(args, warn=lambda message: err.print(f"spectui: warning: {message}", highlight=False,
-                                                                 markup=False, soft_wrap=True))
-        scan = Scan(comparison, cache, device=args.device, workers=args.workers,
-                    on_event=on_event)
-        bar.update(task, total=scan.total)
-        scan.start()
-        while not scan.wait(timeout=0.1):
-            bar.update(task, completed=scan.done)
+    if ranks:
+        gathered = distributed.scan(comparison, cache, args.device, args.workers, tell_failure, *ranks)
+        if gathered is None:
+            raise SystemExit(0)
+        return ScanResults(comparison, *gathered)
+    with _progress(err, progress) as bar:
+        scan = _scan(comparison, cache, args, bar, tell_failure, (MatrixDone, MatrixFailed))
     return ScanResults(comparison, scan.results, scan.errors)
+
+
+def _progress(err, shown: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("{task.description}"), console=err, transient=True, disable=not shown)
+
+
+def _scan(comparison, cache, args, bar, tell_failure, events):
+    """A scan in this process, its progress on the bar."""
+    from spectui.engine import Scan
+
+    task = bar.add_task("", total=None)
+
+    def on_event(event):
+        if isinstance(event, events):
+            bar.update(task, description=event.name)
+        tell_failure(event)
+
+    scan = Scan(comparison, cache, device=args.device, workers=args.workers, on_event=on_event)
+    bar.update(task, total=scan.total)
+    scan.start()
+    while not scan.wait(timeout=0.1):
+        bar.update(task, completed=scan.done)
+    return scan
 
 
 def failure_code(scan) -> int:
