@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,15 +25,17 @@ import numpy as np
 
 from spectui import atomic
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
+from spectui.errors import InputError
 from spectui.finetune.runs import LIVE, Run, State
 from spectui.intruders import count_intruders
-from spectui.validate import is_int, is_number
+from spectui.validate import is_int, is_number, read_bytes
 
 if TYPE_CHECKING:
     from spectui.cache import Cache
     from spectui.engine import Scan
 
 INTRUDERS_FILE = "intruders.jsonl"
+INTRUDERS_LIMIT = 256 << 20  # a line per checkpoint, ~80 KB for an 8B model's 224 matrices
 POLL_S = 2.0
 _WRITE_LOCK = threading.Lock()  # one process may scan a run from two workers at once
 
@@ -59,11 +62,12 @@ def intruders_path(run: Run) -> Path:
 
 
 def read_intruders(run: Run) -> list[CheckpointIntruders]:
-    """The scanned checkpoints, by step; a damaged line is skipped (its checkpoint is rescanned)."""
-    try:
-        lines = intruders_path(run).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
+    """The scanned checkpoints, by step; a damaged line is skipped (its checkpoint is rescanned).
+    InputError when the file is not one to read (too large, not a regular file)."""
+    path = intruders_path(run)
+    if not os.path.lexists(path):
         return []
+    lines = read_bytes(path, INTRUDERS_LIMIT).decode("utf-8", errors="replace").splitlines()
     points = {}
     for line in lines:
         point = _parsed(line)
@@ -114,7 +118,7 @@ def scan_new_checkpoints(run: Run, cache: Cache, stop: threading.Event | None = 
     """Scan the run's unscanned checkpoints, oldest first, appending a line for each; returns
     the new lines. Setting `stop` ends it early without writing a partial line.
 
-    Raises CheckpointError when the run's base or a checkpoint cannot be opened."""
+    Raises InputError when the run's spec, base or a checkpoint cannot be read."""
     stop = stop or threading.Event()
     base = run.spec().base
     added = []
@@ -133,15 +137,13 @@ def follow_runs(runs: list[Run], cache: Cache, stop: threading.Event,
                 workers: int | None = None) -> None:
     """Scan the runs' checkpoints as they land, until every run has ended and is fully scanned
     (or `stop` is set). A run whose checkpoints cannot be opened is reported once and dropped."""
-    from spectui.checkpoint.files import CheckpointError
-
     following = list(runs)
     while following and not stop.is_set():
         for run in list(following):
             ended = run.status().state not in LIVE  # read first: a checkpoint may land meanwhile
             try:
                 scan_new_checkpoints(run, cache, stop, device, workers)
-            except CheckpointError as error:
+            except InputError as error:
                 on_error(run, str(error))
                 ended = True
             if ended:

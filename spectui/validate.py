@@ -12,36 +12,57 @@ import json
 import math
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from spectui.errors import FileInputError
 
 MAX_JSON_BYTES = 64 << 20  # configs, indexes and specs are kilobytes; a shard index of a 400B model ~1 MB
 
 
-def regular_file(path: Path, error: type[FileInputError] = FileInputError) -> int:
-    """The size of `path`, which must be a regular file (following links)."""
+Error = type[FileInputError] | Callable[[Path, str], Exception]
+
+
+def open_regular(path: Path, error: Error = FileInputError, mode: str = "rb") -> IO:
+    """`path` opened for reading if it is a regular file. Opened without blocking and checked on
+    the open descriptor, so a FIFO (or one swapped in after a check) never blocks a read."""
     try:
-        info = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise error(path, "no such file") from None
+        raise error(path, "file not found") from None
     except OSError as err:
-        raise error(path, f"cannot be read ({err.strerror})") from None
-    if not stat.S_ISREG(info.st_mode):
+        raise error(path, f"cannot be read ({err.strerror or err})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         raise error(path, "is not a regular file")
-    return info.st_size
+    return os.fdopen(fd, mode)
 
 
-def read_bytes(path: Path, limit: int, error: type[FileInputError] = FileInputError) -> bytes:
-    """A regular file's bytes, refused when larger than `limit`."""
-    size = regular_file(path, error)
-    if size > limit:
-        raise error(path, f"is {size} bytes, more than the {limit} expected of it")
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise error(path, f"cannot be read ({err.strerror})") from None
+def regular_file(path: Path, error: Error = FileInputError) -> int:
+    """The size of `path`, which must be a regular file (following links)."""
+    with open_regular(path, error) as fh:
+        return os.fstat(fh.fileno()).st_size
+
+
+def read_bytes(path: Path, limit: int, error: Error = FileInputError) -> bytes:
+    """A regular file's bytes, refused when larger than `limit` (also when it grows past it while
+    being read)."""
+    with open_regular(path, error) as fh:
+        try:
+            data = fh.read(limit + 1)
+        except OSError as err:
+            raise error(path, f"cannot be read ({err.strerror or err})") from None
+    if len(data) > limit:
+        raise error(path, f"is larger than {_size(limit)}, more than expected of it")
+    return data
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:g} {unit}"
+    return f"{count} bytes"
 
 
 def parse_json(data: bytes | str, path: Path, error: type[FileInputError] = FileInputError) -> Any:

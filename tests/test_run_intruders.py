@@ -60,3 +60,17 @@ def test_follow_scans_the_final_output_and_reports_a_base_that_does_not_open(tin
     assert [point.step for point in read_intruders(done)] == [3, 6]
     assert len(reported) == 1 and reported[0][0] == broken.name and "no-such-base" in reported[0][1]
     assert not intruders_path(broken).exists()
+
+
+def test_a_run_whose_files_turn_bad_while_followed_is_reported_not_raised(tiny, tmp_path):
+    import os
+
+    damaged = run_with_checkpoints(tmp_path, tiny / "base", {3: tiny / "lora"})
+    (damaged.path / "spec.json").write_text("{ not json")
+    fifo = run_with_checkpoints(tmp_path, tiny / "base", {3: tiny / "lora"})
+    os.mkfifo(intruders_path(fifo))
+    reported = []
+    follow_runs([damaged, fifo], Cache(tmp_path / "cache"), threading.Event(),
+                on_error=lambda run, message: reported.append(message), device="cpu")
+    assert len(reported) == 2
+    assert any("spec.json" in m for m in reported) and any("not a regular file" in m for m in reported)

@@ -93,13 +93,13 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def list_command(args: argparse.Namespace) -> int:
+    runs = list_runs(_runs_dir(args), strict=True)  # a runs directory that is a file: exit 2
     print(f"{'NAME':32} {'STATE':11} {'STEP':>11} {'LOSS':>8} {'EVAL':>8}  NOTE")
-    for run in list_runs(_runs_dir(args)):
-        summary = run.summary()
+    for run in runs:
+        summary = run.summary()  # a run with damaged files is listed too, its note says what
         steps = f"{summary.step}/{summary.max_steps or '?'}"
-        note = summary.message.splitlines()[0] if summary.message else ""
         print(f"{summary.name:32} {summary.state.value:11} {steps:>11} "
-              f"{_number(summary.loss):>8} {_number(summary.eval_loss):>8}  {note}")
+              f"{_number(summary.loss):>8} {_number(summary.eval_loss):>8}  {summary.note}")
     return 0
 
 

@@ -15,7 +15,6 @@ metrics.jsonl gets one line per log interval, evaluation and the last step:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -243,8 +242,7 @@ class Loop:
             row["eval_accuracy"] = evaluation.get("eval_accuracy")
         row.update(lr=self.scheduler.get_last_lr()[0], grad_norm=grad_norm,
                    tokens_per_s=round(tokens_per_s, 1), elapsed_s=round(self._elapsed(), 3))
-        with self.run.metrics_path.open("a", encoding="utf-8") as metrics:
-            metrics.write(json.dumps(row) + "\n")
+        self.run.append_metrics(row)
         seconds_per_step = (time.monotonic() - self.started) / (self.step - self.first_step)
         eta = timedelta(seconds=round(seconds_per_step * (self.total_steps - self.step)))
         evaluated = "".join(f"  {key} {value:.4f}" for key, value in evaluation.items())

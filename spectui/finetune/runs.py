@@ -16,23 +16,29 @@ Nothing here imports torch (except to count GPUs at launch), so the TUI can poll
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import os
 import re
 import shlex
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from spectui.atomic import write_text
 from spectui.errors import InputError
-from spectui.finetune.spec import RunSpec, load_spec, save_spec
+from spectui.finetune.spec import RunSpec, SpecError, load_spec, name_error, save_spec
 from spectui.locations import runs_dir
+from spectui.validate import open_regular, read_bytes
 
 RUNNER_MODULE = "spectui.finetune.runner"
 SUPERVISOR_MODULE = "spectui.finetune.supervisor"
@@ -40,6 +46,19 @@ _STEP_DIR = re.compile(r"step-(\d+)")
 _HAS_PROC = Path("/proc/self/stat").exists()
 INTERRUPTED_MESSAGE = ("the training process stopped without recording a result; resume "
                        "continues from the last checkpoint")
+
+# What a run's small files may hold. They are read every second by the TUI and may have been
+# written by anyone: each read is bounded, never blocks (a FIFO is refused, not opened for a
+# writer), and is checked against the shape the runner writes before anything uses it.
+STATUS_LIMIT = 64 * 1024
+PID_LIMIT = 256
+METRICS_LIMIT = 64 * 1024 * 1024
+_PID_LINE = re.compile(r"([1-9]\d{0,9}) (\d{1,20}|-)")
+_PID_MAX = 2**31 - 1
+_STEP_MAX = 10**15
+_METRIC_NUMBERS = ("epoch", "eval_loss", "eval_accuracy", "lr", "grad_norm", "tokens_per_s",
+                   "elapsed_s")
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 class State(StrEnum):
@@ -49,6 +68,7 @@ class State(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # the status or pid file cannot be read; the message says why
 
 
 LIVE = (State.QUEUED, State.RUNNING)
@@ -66,7 +86,8 @@ class RunStatus:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a runs list shows: state and the latest figures."""
+    """What a runs list shows: state and the latest figures, and what is wrong with the run's
+    files (`problem`), so that a damaged run is listed like the others."""
 
     name: str
     state: State
@@ -76,6 +97,22 @@ class RunSummary:
     loss: float | None
     eval_loss: float | None
     eval_accuracy: float | None
+    problem: str = ""
+
+    @property
+    def note(self) -> str:
+        """One line: the status message's first line, then the problems of the run's files."""
+        first = self.message.splitlines()[0] if self.message.strip() else ""
+        return "; ".join(part for part in (first, self.problem) if part)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The valid metrics lines from some line on; a damaged line is left out and told once."""
+
+    rows: list[dict[str, Any]]
+    lines: int  # complete lines in the file: where the next incremental read starts
+    problem: str = ""  # the first damaged line, in one sentence naming the file
 
 
 class Run:
@@ -113,40 +150,74 @@ class Run:
         return Path(out) if out else self.path / "output"
 
     def spec(self) -> RunSpec:
-        return load_spec(self.path / "spec.json")
+        """The saved spec, its values checked (not the files it names); SpecError naming the file."""
+        path = self.path / "spec.json"
+        spec = load_spec(path)
+        problems = spec.errors(on_disk=False)
+        if problems:
+            raise SpecError(f"{path}: {'; '.join(problems.values())}")
+        return spec
 
     def status(self) -> RunStatus:
-        """The recorded state, except that a live state whose process is gone reads interrupted."""
+        """The recorded state, except that a live state whose process is gone reads interrupted.
+        Never raises: a status or pid file that cannot be read makes the state unknown, and so
+        does a spec.json that cannot be for a live run (a live run is followed: re-attached and
+        its checkpoints scanned against its spec's base); the message says which file and why."""
         try:
-            state, *message = (self.path / "status").read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return RunStatus(State.QUEUED)
-        recorded = self._recorded_process()
-        if State(state) in LIVE and recorded and not _alive(*recorded):
-            return RunStatus(State.INTERRUPTED, INTERRUPTED_MESSAGE)
-        return RunStatus(State(state), "\n".join(message))
+            status = self._recorded_status()
+            if status.state in LIVE:
+                recorded = self._recorded_process()
+                if recorded and not _alive(*recorded):
+                    return RunStatus(State.INTERRUPTED, INTERRUPTED_MESSAGE)
+                self.spec()
+        except InputError as error:
+            return RunStatus(State.UNKNOWN, printable(str(error)))
+        return status
 
     def set_status(self, state: State, message: str = "") -> None:
         write_text(self.path / "status", f"{state.value}\n{message}".rstrip() + "\n")
 
     def metrics(self, since_line: int = 0) -> list[dict[str, Any]]:
-        """Complete metrics lines from `since_line` on (a line still being written is left out)."""
+        """Valid complete metrics lines from `since_line` on (a line still being written, and a
+        damaged one, are left out)."""
+        return self.read_metrics(since_line).rows
+
+    def read_metrics(self, since_line: int = 0) -> Metrics:
+        """Complete metrics lines from `since_line` on, each checked against what the runner
+        writes; a damaged line is left out, and the first one is told in `problem`."""
         try:
-            text = self.metrics_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        complete = text.split("\n")[:-1]
-        return [json.loads(line) for line in complete[since_line:]]
+            data = _read_file(self.metrics_path, METRICS_LIMIT)
+        except RunError as error:
+            return Metrics([], since_line, str(error))
+        if data is None:
+            return Metrics([], 0)
+        complete = data.decode("utf-8", errors="replace").split("\n")[:-1]
+        rows, problem = [], ""
+        for number, line in enumerate(complete[since_line:], start=since_line + 1):
+            if not line.strip():
+                continue
+            row, wrong = _metrics_row(line)
+            if row is not None:
+                rows.append(row)
+            elif not problem:
+                problem = f"{self.metrics_path}: line {number} {wrong}"
+        return Metrics(rows, len(complete), problem)
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append one metrics line (the runner's only way of writing them)."""
+        with _open_append(self.metrics_path) as stream:
+            stream.write((json.dumps(row) + "\n").encode())
 
     def keep_metrics_until(self, step: int) -> None:
-        """Drop metrics past `step`: a resumed run redoes those steps from its checkpoint."""
+        """Drop metrics past `step` (a resumed run redoes those steps from its checkpoint), and
+        damaged lines with them."""
         kept = [row for row in self.metrics() if row["step"] <= step]
         write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def log_tail(self, lines: int = 20) -> list[str]:
         """The last lines of log.txt, read from the end so that a long log costs little."""
         try:
-            with self.log_path.open("rb") as stream:
+            with _open_read(self.log_path) as stream:
                 size = stream.seek(0, os.SEEK_END)
                 block = min(size, 200 * lines + 4096)
                 while True:
@@ -155,17 +226,17 @@ class Run:
                     if block == size or data.count(b"\n") > lines:
                         break
                     block = min(size, 2 * block)
-        except FileNotFoundError:
+        except (FileNotFoundError, RunError):
             return []
         return data.decode("utf-8", errors="replace").splitlines()[-lines:]
 
     def log_since(self, offset: int) -> tuple[str, int]:
         """Log text written after byte `offset`, and the offset to pass next time."""
         try:
-            with self.log_path.open("rb") as stream:
+            with _open_read(self.log_path) as stream:
                 stream.seek(offset)
                 data = stream.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, RunError):
             return "", offset
         return data.decode("utf-8", errors="replace"), offset + len(data)
 
@@ -174,25 +245,38 @@ class Run:
 
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Complete checkpoints as (step, directory), oldest first."""
-        if not self.checkpoints_dir.is_dir():
+        try:
+            paths = list(self.checkpoints_dir.iterdir())
+        except OSError:  # none yet, or not a directory one can list
             return []
-        found = ((_STEP_DIR.fullmatch(path.name), path) for path in self.checkpoints_dir.iterdir())
+        found = ((_STEP_DIR.fullmatch(path.name), path) for path in paths)
         return sorted((int(match[1]), path) for match, path in found if match)
 
     def summary(self) -> RunSummary:
-        status, rows = self.status(), self.metrics()
+        """State and latest figures; never raises: what is wrong with the run's files becomes
+        its `problem` (and an unreadable status its state `unknown`)."""
+        status, metrics = self.status(), self.read_metrics()
+        problems = [metrics.problem]
+        try:
+            planned = self.spec().max_steps
+        except SpecError as error:  # said once: an unknown state's message may say it already
+            planned = None
+            if printable(str(error)) not in status.message:
+                problems.insert(0, str(error))
+        rows = metrics.rows
         last = rows[-1] if rows else {}
         evaluated = [row for row in rows if row.get("eval_loss") is not None]
         last_eval = evaluated[-1] if evaluated else {}
         return RunSummary(
-            name=self.name,
+            name=printable(self.name, keep=""),
             state=status.state,
             message=status.message,
             step=last.get("step", 0),
-            max_steps=last["max_steps"] if last else self.spec().max_steps,
+            max_steps=last.get("max_steps") or planned,
             loss=last.get("loss"),
             eval_loss=last_eval.get("eval_loss"),
             eval_accuracy=last_eval.get("eval_accuracy"),
+            problem=printable("; ".join(problem for problem in problems if problem), keep=""),
         )
 
     def start(self) -> subprocess.Popen:
@@ -201,11 +285,16 @@ class Run:
         spec = self.spec()
         command = launch_command(spec, self.path, visible_gpu_count(spec))
         env = _child_env(spec)
-        (self.path / "pid").unlink(missing_ok=True)
-        self.set_status(State.QUEUED)
-        with (self.path / "command.txt").open("a", encoding="utf-8") as commands:
-            commands.write(shlex.join(command) + "\n")
-        with self.log_path.open("ab") as log:
+        log = _open_append(self.log_path)  # first: a run whose files cannot be written stays as it was
+        with log:
+            try:
+                with _open_append(self.path / "command.txt") as commands:
+                    commands.write((shlex.join(command) + "\n").encode())
+                (self.path / "pid").unlink(missing_ok=True)
+                self.set_status(State.QUEUED)
+            except OSError as error:
+                raise RunError(f"run {self.name}: cannot write its files in {self.path} "
+                               f"({error.strerror or error})") from None
             try:
                 process = subprocess.Popen(
                     command, cwd=self.path, env=env, stdin=subprocess.DEVNULL,
@@ -215,7 +304,15 @@ class Run:
                 message = f"could not start {command[0]}: {error.strerror or error}"
                 self.set_status(State.FAILED, message)
                 raise RunError(f"run {self.name}: {message}") from error
-        (self.path / "pid").write_text(f"{process.pid} {_process_start(process.pid) or '-'}\n")
+        try:  # atomically: a poller never reads half a pid file
+            write_text(self.path / "pid", f"{process.pid} {_process_start(process.pid) or '-'}\n")
+        except OSError as error:  # unrecorded, it could be neither watched nor cancelled
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            with contextlib.suppress(OSError):
+                self.set_status(State.FAILED, "its process could not be recorded")
+            raise RunError(f"run {self.name}: cannot record its process in {self.path} "
+                           f"({error.strerror or error})") from None
         return process
 
     def cancel(self) -> None:
@@ -223,23 +320,52 @@ class Run:
         pid = self._live_pid()
         if pid is None:
             raise RunError(f"run {self.name} is not running")
-        os.killpg(pid, signal.SIGTERM)
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            raise RunError(f"run {self.name} is not running") from None
+        except PermissionError:
+            raise RunError(f"run {self.name}: not allowed to stop its process {pid}") from None
 
     def resume(self) -> subprocess.Popen:
         """Start the run again; the runner continues from its last checkpoint."""
-        state = self.status().state
-        if state in LIVE:
-            raise RunError(f"run {self.name} is still {state.value}")
-        if state is State.DONE:
+        status = self.status()
+        if status.state in LIVE:
+            raise RunError(f"run {self.name} is still {status.state.value}")
+        if status.state is State.DONE:
             raise RunError(f"run {self.name} is already done")
+        if status.state is State.UNKNOWN:
+            raise RunError(f"run {self.name} cannot be resumed: {status.message}")
         return self.start()
 
-    def _recorded_process(self) -> tuple[int, str] | None:
+    def _recorded_status(self) -> RunStatus:
+        """The status file: a state word, and a message on the next lines (none: queued)."""
+        path = self.path / "status"
+        data = _read_file(path, STATUS_LIMIT)
+        if data is None:
+            return RunStatus(State.QUEUED)
+        word, _, message = data.decode("utf-8", errors="replace").partition("\n")
         try:
-            pid, start = (self.path / "pid").read_text().split()
-        except (FileNotFoundError, ValueError):
+            state = State(word.strip())
+        except ValueError:
+            raise RunError(f"{path}: {printable(word[:40], keep='')!r} is not a run state "
+                           f"(one of {', '.join(_RECORDED)})") from None
+        if state is State.UNKNOWN:
+            raise RunError(f"{path}: `unknown` is not a state a run records")
+        return RunStatus(state, printable(message.rstrip("\n")))
+
+    def _recorded_process(self) -> tuple[int, str] | None:
+        """The pid file: "PID START" (none: no process started yet); RunError if it is anything
+        else, since then whether the run's process lives cannot be told."""
+        path = self.path / "pid"
+        data = _read_file(path, PID_LIMIT)
+        if data is None:
             return None
-        return int(pid), start
+        match = _PID_LINE.fullmatch(data.decode("ascii", errors="replace").strip())
+        if not match or int(match[1]) > _PID_MAX:
+            raise RunError(f"{path}: not a process id and start time, so whether the run is "
+                           "still going cannot be told")
+        return int(match[1]), match[2]
 
     def _live_pid(self) -> int | None:
         """The run's process id if that very process (not a reuse of its pid) is alive."""
@@ -247,31 +373,105 @@ class Run:
         return recorded[0] if recorded and _alive(*recorded) else None
 
 
+_RECORDED = [state.value for state in State if state is not State.UNKNOWN]
+
+
+def check_run_name(name: str) -> None:
+    """RunError unless `name` is a plain directory name (the one rule, spec.name_error): what
+    keeps every run, and the process started in it, inside the runs directory."""
+    problem = name_error(name)
+    if problem:
+        shown = printable(name if len(name) <= 40 else name[:39] + "…", keep="")
+        raise RunError(f"run {shown!r}: {problem.replace('name must', 'a run name must', 1)}")
+
+
+def checked_runs_dir(root: str | Path | None = None, create: bool = False) -> Path:
+    """The runs directory (`runs_dir(root)`), or a RunError saying in one sentence why it cannot
+    be one: a file, or (with `create`) a directory that cannot be made or written in. An absent
+    directory is fine when only reading: it holds no runs."""
+    parent = runs_dir(root)
+    try:
+        mode = parent.stat().st_mode
+    except FileNotFoundError:
+        if not create:
+            return parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunError(f"{parent}: cannot create the runs directory "
+                           f"({error.strerror or error})") from None
+        mode = parent.stat().st_mode
+    except OSError as error:
+        raise RunError(f"{parent}: cannot use it as the runs directory "
+                       f"({error.strerror or error})") from None
+    if not stat.S_ISDIR(mode):
+        raise RunError(f"{parent}: the runs directory is a file, not a directory")
+    if create and not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"{parent}: the runs directory is read-only")
+    return parent
+
+
 def create_run(spec: RunSpec, root: str | Path | None = None) -> Run:
     """A new run directory holding the resolved spec, queued but not started."""
-    parent = runs_dir(root)
-    parent.mkdir(parents=True, exist_ok=True)
+    if spec.name:
+        check_run_name(spec.name)
+    parent = checked_runs_dir(root, create=True)
     path = _new_run_dir(parent, spec)
     run = Run(path)
-    save_spec(replace(spec.resolved(), name=path.name), path / "spec.json")
-    run.set_status(State.QUEUED)
+    try:
+        save_spec(replace(spec.resolved(), name=path.name), path / "spec.json")
+        run.set_status(State.QUEUED)
+    except OSError as error:
+        shutil.rmtree(path, ignore_errors=True)
+        raise RunError(f"{path}: cannot write the run's files ({error.strerror or error})") from None
     return run
 
 
-def list_runs(root: str | Path | None = None) -> list[Run]:
-    """Every run under the root, newest first."""
-    parent = runs_dir(root)
-    if not parent.is_dir():
+def list_runs(root: str | Path | None = None, strict: bool = False) -> list[Run]:
+    """Every run under the root, newest first: each directory there with a spec.json, whatever
+    state its files are in (a link out of the root is not one of its runs). An absent root has
+    no runs; a root that is not a directory, or cannot be listed, raises RunError when `strict`
+    and has no runs otherwise (pollers that must not stop; `checked_runs_dir` says why)."""
+    try:
+        parent = checked_runs_dir(root)
+        entries = list(os.scandir(parent)) if parent.exists() else []
+    except RunError:
+        if strict:
+            raise
         return []
-    specs = [path / "spec.json" for path in parent.iterdir() if (path / "spec.json").is_file()]
-    specs.sort(key=lambda spec: spec.stat().st_mtime, reverse=True)
-    return [Run(spec.parent) for spec in specs]
+    except OSError as error:
+        if strict:
+            raise RunError(f"{runs_dir(root)}: cannot list the runs directory "
+                           f"({error.strerror or error})") from None
+        return []
+    found = []
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            info = (path / "spec.json").stat()
+            if not stat.S_ISREG(info.st_mode) or (entry.is_symlink() and not _inside(parent, path)):
+                continue
+        except OSError:  # not a directory, or one that cannot be looked into
+            continue
+        found.append((info.st_mtime, Run(path)))
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [run for _, run in found]
 
 
 def find_run(name: str, root: str | Path | None = None) -> Run:
-    run = Run(runs_dir(root) / name)
-    if not (run.path / "spec.json").is_file():
-        raise RunError(f"no run named {name} in {runs_dir(root)}")
+    """The run called `name` in the runs directory; RunError for a name that is not a plain
+    directory name, a run that is not there, or a link out of the runs directory."""
+    check_run_name(name)
+    parent = checked_runs_dir(root)
+    run = Run(parent / name)
+    try:
+        is_run = stat.S_ISREG((run.path / "spec.json").stat().st_mode)
+    except OSError:
+        is_run = False
+    if not is_run:
+        raise RunError(f"no run named {name} in {parent}")
+    if not _inside(parent, run.path):
+        raise RunError(f"run {name} is a link out of {parent}, not a run of it")
     return run
 
 
@@ -298,29 +498,116 @@ def visible_gpu_count(spec: RunSpec) -> int:
     return torch.cuda.device_count()
 
 
+def printable(text: str, keep: str = "\n\t") -> str:
+    """`text` with control characters (terminal escapes among them) shown as U+FFFD."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char in keep else "\ufffd" for char in text)
+
+
 def _new_run_dir(parent: Path, spec: RunSpec) -> Path:
     """Create the run's directory: the spec's name, or a fresh name from method, rank and time."""
-    if spec.name:
+    if spec.name:  # checked by create_run, before anything was made
         try:
             (parent / spec.name).mkdir()
         except FileExistsError:
             raise RunError(f"a run named {spec.name} already exists in {parent}") from None
+        except OSError as error:
+            raise RunError(f"{parent}: cannot create the run's directory "
+                           f"({error.strerror or error})") from None
         return parent / spec.name
     stem = spec.method if spec.method == "full" else f"{spec.method}-r{spec.rank}"
     stem = f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_run_name(stem)
     for suffix in ["", *(f"-{n}" for n in range(2, 1000))]:
         try:
             (parent / f"{stem}{suffix}").mkdir()
         except FileExistsError:
             continue
+        except OSError as error:
+            raise RunError(f"{parent}: cannot create the run's directory "
+                           f"({error.strerror or error})") from None
         return parent / f"{stem}{suffix}"
     raise RunError(f"too many runs named {stem} in {parent}")
 
 
+def _inside(parent: Path, path: Path) -> bool:
+    """Whether `path`, links resolved, is an entry of `parent`, links resolved."""
+    return path.resolve().parent == parent.resolve()
+
+
+def _run_error(path: Path, problem: str) -> RunError:
+    return RunError(f"{path}: {problem}")
+
+
+def _read_file(path: Path, limit: int) -> bytes | None:
+    """A small file's bytes (None when there is none), or RunError naming it: not a regular file,
+    unreadable, or over `limit`."""
+    if not os.path.lexists(path):
+        return None
+    return read_bytes(path, limit, _run_error)
+
+
+def _open_read(path: Path) -> IO[bytes]:
+    """A regular file opened for reading without blocking on a FIFO (FileNotFoundError when
+    there is none; RunError for anything else there)."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(path)
+    return open_regular(path, _run_error)
+
+
+def _open_append(path: Path) -> IO[bytes]:
+    """A run file opened for appending, never through a link or into a FIFO (a run directory may
+    hold anything): RunError naming it otherwise."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as error:
+        reason = "is not a regular file (a link)" if error.errno == errno.ELOOP else \
+            f"cannot be written ({error.strerror or error})"
+        raise RunError(f"{path}: {reason}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunError(f"{path}: is not a regular file")
+    return os.fdopen(fd, "ab")
+
+
+def _metrics_row(line: str) -> tuple[dict[str, Any] | None, str]:
+    """A metrics line as the runner writes it, or None and what is wrong with it."""
+    try:
+        row = json.loads(line)  # NaN and Infinity parse, and fail the checks below
+    except (ValueError, RecursionError):
+        return None, "is not JSON"
+    if not isinstance(row, dict):
+        return None, "is not a JSON object"
+    step = row.get("step")
+    if type(step) is not int or not 0 <= step <= _STEP_MAX:
+        return None, "has no step (a whole number)"
+    max_steps = row.get("max_steps")
+    if max_steps is not None and (type(max_steps) is not int or not 1 <= max_steps <= _STEP_MAX):
+        return None, "has a max_steps that is not a whole number"
+    if not _finite(row.get("loss")):
+        return None, "has no loss (a finite number)"
+    for key in _METRIC_NUMBERS:
+        if row.get(key) is not None and not _finite(row[key]):
+            return None, f"has a {key} that is not a finite number"
+    return row, ""
+
+
+def _finite(value: object) -> bool:
+    if type(value) not in (int, float):  # bool is neither
+        return False
+    try:
+        return math.isfinite(float(value))  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+
+
 def _child_env(spec: RunSpec) -> dict[str, str]:
-    """The training process's environment: unbuffered logs, this spectui importable, and a
+    """The training process's environment: unbuffered logs, this spectui importable, nothing
+    fetched from the network (Hugging Face offline: the base is local or already cached), and a
     pinned GPU (cuda:N) made the only visible one."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **OFFLINE_ENV)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     if spec.device.startswith("cuda:"):
@@ -338,10 +625,10 @@ def _child_env(spec: RunSpec) -> dict[str, str]:
 def _process_start(pid: int) -> str | None:
     """The kernel's start time of a live process, or None when it is gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    state, *fields = stat.rsplit(")", 1)[1].split()
+    state, *fields = stat_line.rsplit(")", 1)[1].split()
     return None if state in ("Z", "X") else fields[18]  # field 22 of proc(5): starttime
 
 

@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from spectui.atomic import write_text
 from spectui.errors import InputError
+from spectui.validate import read_bytes
 
 METHODS = ("full", "lora", "rslora", "lora-frozen-a", "dora", "pissa")
 TASKS = ("causal-lm", "classification")
@@ -27,6 +29,8 @@ SCHEDULERS = (
 DTYPES = ("float32", "bfloat16", "float16")
 ADAPTER_LR, FULL_LR = 2e-4, 2e-5
 ALWAYS_SHOWN = ("base", "method", "data")  # in the command preview, even when left at default
+NAME_LIMIT = 100  # characters in a run name: well under any file system's limit on a name
+SPEC_LIMIT = 1024 * 1024  # bytes in a spec file: far more than any spec needs
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _MODULE_LIST = re.compile(r"[\w.]+(,[\w.]+)*")
@@ -112,10 +116,13 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def errors(self) -> dict[str, str]:
-        """Each invalid field with a one-sentence reason, for a form to show beside the field."""
+    def errors(self, on_disk: bool = True) -> dict[str, str]:
+        """Each invalid field with a one-sentence reason, for a form to show beside the field.
+
+        Without `on_disk`, only the values are checked, not the files they name (a saved run's
+        spec: its output exists once it is done, and its base need not be looked up again)."""
         checks = {
-            "base": _base_error(self.base),
+            "base": _base_error(self.base) if on_disk else None,
             "data": None if self.data else "a data file is required",
             "method": _choice_error("method", self.method, METHODS),
             "task": _choice_error("task", self.task, TASKS),
@@ -141,10 +148,10 @@ class RunSpec:
             "device": None if _DEVICE.fullmatch(self.device) else (
                 "device must be auto, cpu, cuda, cuda:N or mps"),
             "dtype": _choice_error("dtype", self.dtype, DTYPES),
-            "accelerate_config": _missing_file_error("accelerate config", self.accelerate_config),
-            "name": None if self.name is None or _PLAIN_NAME.fullmatch(self.name) else (
-                "name must be a plain directory name (letters, digits, '.', '-', '_')"),
-            "out": _existing_output_error(self.out),
+            "accelerate_config": _missing_file_error("accelerate config", self.accelerate_config)
+            if on_disk else None,
+            "name": None if self.name is None else name_error(self.name),
+            "out": _existing_output_error(self.out) if on_disk else None,
         }
         return {name: message for name, message in checks.items() if message}
 
@@ -174,6 +181,16 @@ class RunSpec:
         )
 
 
+def name_error(name: str) -> str | None:
+    """Why `name` cannot name a run directory, or None: the one rule for run names, checked by the
+    spec, and by runs.py wherever a name becomes a path."""
+    if len(name) > NAME_LIMIT:
+        return f"name must be at most {NAME_LIMIT} characters long (it has {len(name)})"
+    if not _PLAIN_NAME.fullmatch(name):
+        return "name must be a plain directory name (letters, digits, '.', '-', '_')"
+    return None
+
+
 def field_kind(name: str) -> type:
     """The Python type of a spec field's value, ignoring `None`."""
     hint = _HINTS[name]
@@ -199,8 +216,9 @@ def parse_field(name: str, text: str) -> Any:
 def load_spec(path: str | Path) -> RunSpec:
     """Read a .toml or .json spec; every problem becomes a SpecError naming the file."""
     path = Path(path)
+    raw = read_bytes(path, SPEC_LIMIT, lambda where, problem: SpecError(f"{where}: {problem}"))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix == ".json":
@@ -210,20 +228,23 @@ def load_spec(path: str | Path) -> RunSpec:
         if not isinstance(data, dict):
             raise SpecError("a spec must be a table of fields")
         return RunSpec.from_dict(data)
-    except FileNotFoundError:
-        raise SpecError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot read the file ({error})") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as error:
         raise SpecError(f"{path}: invalid TOML ({error})") from None
     except json.JSONDecodeError as error:
         raise SpecError(f"{path}: invalid JSON at line {error.lineno}") from None
+    except ValueError:  # an integer of thousands of digits
+        raise SpecError(f"{path}: invalid JSON (a number is too long)") from None
+    except RecursionError:
+        raise SpecError(f"{path}: nested too deeply to be a spec") from None
     except SpecError as error:
         raise SpecError(f"{path}: {error}") from None
 
 
 def save_spec(spec: RunSpec, path: Path) -> None:
-    path.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    """Written aside and renamed into place: a poller never reads half a spec."""
+    write_text(path, json.dumps(spec.to_dict(), indent=2) + "\n")
 
 
 def flag_name(name: str) -> str:
@@ -254,7 +275,10 @@ def _typed(name: str, value: Any) -> Any:
     if value is None and is_optional(name):
         return None
     if kind is float and type(value) is int:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise SpecError(f"{name} is too large") from None
     if name == "target_modules" and isinstance(value, list) and all(
             isinstance(item, str) for item in value):
         value = ",".join(value)
@@ -278,7 +302,14 @@ def _base_error(base: str) -> str | None:
         return f"base model {base} is not a directory"
     if base.startswith((".", "/", "~")) or base.count("/") > 1:
         return f"base model directory {base} does not exist"
-    return None  # a Hugging Face id: the runner resolves it from the local cache
+    from spectui.checkpoint.files import CheckpointError, locate
+
+    try:
+        locate(base)  # the same rule as the inspector's: a path, or the local hub cache only
+    except CheckpointError:
+        return (f"base model {base} is neither a local directory nor in the local Hugging Face "
+                "cache, and spectui downloads nothing: download it first, or give its directory")
+    return None  # a Hugging Face id already cached: the runner loads it offline
 
 
 def _choice_error(name: str, value: str, choices: tuple[str, ...]) -> str | None:

@@ -197,7 +197,7 @@ class SpectuiApp(App):
         if not isinstance(self.screen, RunsScreen):
             self.push_screen(RunsScreen())
 
-    @work(thread=True, group="runs", exclusive=True)
+    @work(thread=True, group="runs", exclusive=True, exit_on_error=False)
     def reattach_runs(self) -> None:
         """Runs launched before this session (the TUI closed, or SSH dropped) that still train."""
         live = [run for run in list_runs() if run.status().state in LIVE]
@@ -212,7 +212,7 @@ class SpectuiApp(App):
         self._followed.update((run.path, run) for run in runs)
         self.scan_runs(list(self._followed.values()))
 
-    @work(thread=True, group="run-scan", exclusive=True)
+    @work(thread=True, group="run-scan", exclusive=True, exit_on_error=False)
     def scan_runs(self, runs: list[Run]) -> None:
         """Writes each run's intruders.jsonl (the live views plot it) until the runs end; the
         base's decompositions come from the inspector's cache."""

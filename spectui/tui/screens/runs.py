@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -9,8 +10,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
+from spectui.errors import InputError
 from spectui.finetune.runs import LIVE, Run, RunError, State, list_runs
-from spectui.finetune.spec import SpecError
 from spectui.locations import runs_dir
 from spectui.tui.messages import RunStateChanged, ThresholdsChanged
 from spectui.tui.screens.base import SpectuiScreen
@@ -87,7 +88,7 @@ class RunScreen(SpectuiScreen):
             if yes:
                 try:
                     self.run.cancel()
-                except RunError as error:
+                except InputError as error:
                     self.app.tell(error)
 
         self.app.push_screen(ConfirmScreen(f"Cancel {self.run.name}? Its checkpoints are kept, "
@@ -118,11 +119,13 @@ class RunsScreen(SpectuiScreen):
         Binding("escape", "app.pop_screen", "Back"),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.problem = ""  # why the runs directory cannot be listed, told once
+
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(f"Runs in {runs_dir().resolve()} · Enter opens a run · o opens its result · "
-                     "a adds it to the comparison · r starts a new one",
-                     id="runs-title")
+        yield Static(self._title(), id="runs-title")
         yield RunTable(id="runs-table")
         yield Footer()
 
@@ -137,13 +140,29 @@ class RunsScreen(SpectuiScreen):
     def _refresh(self) -> None:
         self.load_rows(self.app.k, self.app.epsilon)
 
-    @work(thread=True, group="runs-list", exclusive=True)
+    @work(thread=True, group="runs-list", exclusive=True, exit_on_error=False)
     def load_rows(self, k: int, epsilon: float) -> None:
-        rows = [RunRow.of(run, k, epsilon) for run in list_runs()]
-        self.app.call_from_thread(self._show, rows)
+        """Every run's row; a run with damaged files has a row too, its note says what is wrong."""
+        try:
+            runs, problem = list_runs(strict=True), ""
+        except RunError as error:
+            runs, problem = [], str(error)
+        rows = [RunRow.of(run, k, epsilon) for run in runs]
+        self.app.call_from_thread(self._show, rows, problem)
 
-    def _show(self, rows: list[RunRow]) -> None:
+    def _show(self, rows: list[RunRow], problem: str = "") -> None:
         self.query_one(RunTable).show(rows)
+        if problem != self.problem:
+            self.problem = problem
+            self.query_one("#runs-title", Static).update(self._title())
+            if problem:
+                self.app.tell(RunError(problem))
+
+    def _title(self) -> Text:
+        if self.problem:
+            return Text(self.problem, style="bold red")
+        return Text(f"Runs in {runs_dir().resolve()} · Enter opens a run · o opens its result · "
+                    "a adds it to the comparison · r starts a new one")
 
     def _highlighted(self) -> Run | None:
         path = self.query_one(RunTable).highlighted()
@@ -160,8 +179,8 @@ class RunsScreen(SpectuiScreen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         run = Run(event.row_key.value)
         try:
-            run.spec()
-        except SpecError as error:
+            run.spec()  # the run's view shows its spec: one it cannot read is told instead
+        except InputError as error:
             self.app.tell(error)
             return
         self.app.push_screen(RunScreen(run))

@@ -8,7 +8,6 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from spectui.finetune.runs import Run, RunSummary
-from spectui.finetune.spec import SpecError
 from spectui.run_intruders import read_intruders
 from spectui.tui.widgets.run_view import STATE_STYLES
 
@@ -24,18 +23,15 @@ class RunRow:
 
     @classmethod
     def of(cls, run: Run, k: int, epsilon: float) -> RunRow:
-        try:
-            summary = run.summary()
-        except SpecError as error:
-            return cls(str(run.path), (run.name, "?", "", "", "", "", Text(str(error))))
+        summary = run.summary()  # never raises: a damaged run's note says what is wrong
         points = read_intruders(run)
         last = f"{points[-1].total(k, epsilon)} @ {points[-1].step}" if points else "-"
         return cls(str(run.path), _cells(summary, last))
 
 
 def _cells(summary: RunSummary, intruders: str) -> tuple[str | Text, ...]:
-    note = Text(summary.message.splitlines()[0] if summary.message else "")
-    return (summary.name, Text(summary.state.value, style=STATE_STYLES[summary.state]),
+    note = Text(summary.note, style="magenta" if summary.problem else "")
+    return (Text(summary.name), Text(summary.state.value, style=STATE_STYLES[summary.state]),
             f"{summary.step}/{summary.max_steps or '?'}", _number(summary.loss),
             _number(summary.eval_loss), intruders, note)
 

@@ -28,7 +28,8 @@ POLL_S = 0.5
 LOG_LINES = 300
 LOG_START_BYTES = 32_000  # a long finished log opens at its tail
 STATE_STYLES = {State.QUEUED: "dim", State.RUNNING: "green", State.DONE: "bold green",
-                State.FAILED: "bold red", State.INTERRUPTED: "yellow", State.CANCELLED: "yellow"}
+                State.FAILED: "bold red", State.INTERRUPTED: "yellow", State.CANCELLED: "yellow",
+                State.UNKNOWN: "bold magenta"}
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,20 @@ class RunUpdate:
     log: str
     points: list[CheckpointIntruders]
     saved: int  # checkpoints (and final output) there are to scan
+    problem: str = ""  # a damaged metrics line, told in one sentence
 
 
 class RunFeed:
     """Reads a run incrementally: metrics from the last line read (all again after a resume
-    rewrote the file), the log from the last offset, the intruders file only when it changed."""
+    rewrote the file), the log from the last offset, the intruders file only when it changed.
+    A damaged metrics line is left out and told in the update's `problem`."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
         self.rows: list[dict[str, Any]] = []
         self.points: list[CheckpointIntruders] = []
+        self.problem = ""
+        self._lines = 0  # metrics lines read
         self._metrics_file: tuple[int, int] | None = None
         self._intruders_file: tuple[int, int] | None = None
         self._log_offset: int | None = None
@@ -64,18 +69,23 @@ class RunFeed:
         if identity != self._intruders_file:
             self._intruders_file, self.points = identity, read_intruders(self.run)
         saved = len(scan_targets(self.run))
-        summary = (status, len(self.rows), self._metrics_file, self._intruders_file, saved)
+        summary = (status, len(self.rows), self.problem, self._metrics_file, self._intruders_file,
+                   saved)
         if not log and summary == self._last:
             return None
         self._last = summary
-        return RunUpdate(status, list(self.rows), log, list(self.points), saved)
+        return RunUpdate(status, list(self.rows), log, list(self.points), saved, self.problem)
 
     def _read_metrics(self) -> None:
         identity = _identity(self.run.metrics_path)
         if identity == self._metrics_file:
             return
         same_file = identity and self._metrics_file and identity[0] == self._metrics_file[0]
-        self.rows = self.rows + self.run.metrics(len(self.rows)) if same_file else self.run.metrics()
+        if not same_file:
+            self.rows, self._lines, self.problem = [], 0, ""
+        metrics = self.run.read_metrics(self._lines)
+        self.rows = self.rows + metrics.rows
+        self._lines, self.problem = metrics.lines, self.problem or metrics.problem
         self._metrics_file = identity
 
     def _read_log(self) -> str:
@@ -107,7 +117,7 @@ class RunView(Vertical):
         self.latest: RunUpdate | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]{self.run.name}[/]", id="run-status")
+        yield Static(f"[b]{escape(self.run.name)}[/]", id="run-status")
         with Horizontal(id="run-progress"):
             yield ProgressBar(show_eta=False, id="run-bar")
             yield Label("", id="run-progress-label")
@@ -119,7 +129,7 @@ class RunView(Vertical):
     def on_mount(self) -> None:
         self.follow()
 
-    @work(thread=True, group="run-poll", exclusive=True)
+    @work(thread=True, group="run-poll", exclusive=True, exit_on_error=False)
     def follow(self) -> None:
         """Polls the run's files off the UI thread until the view goes away."""
         worker, feed = get_current_worker(), RunFeed(self.run)
@@ -131,8 +141,9 @@ class RunView(Vertical):
 
     def show(self, update: RunUpdate) -> None:
         previous, self.latest = self.latest, update
+        if previous is None or (previous.status, previous.problem) != (update.status, update.problem):
+            self._show_status(update.status, update.problem)
         if previous is None or previous.status != update.status:
-            self._show_status(update.status)
             self.post_message(RunStateChanged(update.status))
         self._show_progress(update)
         if previous is None or previous.rows != update.rows:
@@ -146,14 +157,17 @@ class RunView(Vertical):
         if (latest := self.latest) is not None:
             self.query_one(IntruderCurve).show(latest.points, latest.saved, self.app.k, self.app.epsilon)
 
-    def _show_status(self, status: RunStatus) -> None:
+    def _show_status(self, status: RunStatus, problem: str = "") -> None:
         spec = self.spec
         method = spec.method if spec.method == "full" else (
             f"{spec.method} r={spec.rank} α={spec.lora_alpha:g}")
-        text = (f"[b]{self.run.name}[/]  [{STATE_STYLES[status.state]}]{status.state.value}[/]  "
-                f"{method} · lr {spec.learning_rate:g} · {Path(spec.base).name} on {Path(spec.data).name}")
+        text = (f"[b]{escape(self.run.name)}[/]  [{STATE_STYLES[status.state]}]{status.state.value}[/]  "
+                f"{method} · lr {spec.learning_rate:g} · "
+                f"{escape(Path(spec.base).name)} on {escape(Path(spec.data).name)}")
         if status.message:
             text += f"\n[red]{escape(status.message)}[/]"
+        if problem:
+            text += f"\n[magenta]{escape(problem)}[/]"
         self.query_one("#run-status", Static).update(text)
 
     def _show_progress(self, update: RunUpdate) -> None:
@@ -161,8 +175,7 @@ class RunView(Vertical):
         step, total = last.get("step", 0), last.get("max_steps") or self.spec.max_steps
         self.query_one(ProgressBar).update(total=total, progress=step)
         parts = [f"step {step}/{total or '?'}"]
-        if last:
-            elapsed = last["elapsed_s"]
+        if (elapsed := last.get("elapsed_s")) is not None:
             parts.append(f"{duration(elapsed)} elapsed")
             if update.status.state in LIVE and step and total:
                 parts.append(f"ETA {duration(elapsed / step * (total - step))}")
