@@ -26,6 +26,14 @@ class UsageError(InputError):
     """Options that cannot be used together or as given, found after parsing."""
 
 
+def printable(text: str, keep: str = "\n\t") -> str:
+    """`text` with control characters (terminal escapes, newlines from file names) shown as U+FFFD:
+    what a file holds must not move the cursor, colour the terminal or break a one-line message."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char in keep else "\ufffd" for char in text)
+
+
 def one_line(error: BaseException, limit: int = 200) -> str:
     """The first line of a (often multi-line) library message, whitespace collapsed, bounded."""
     lines = [line for line in str(error).splitlines() if line.strip()]

@@ -10,7 +10,9 @@ values are ordered the same way, so rank j names the same direction in both.
 
 Output keeps the input's kind: a full checkpoint is rewritten in its own files, formats and dtypes;
 a LoRA adapter gets ΔW' re-factored to rank r (or r + number of intruders, nothing lost), or is
-written merged into the base's checkpoint. Writing is atomic and never touches the sources.
+written merged into the base's checkpoint. Every other adapter kind (OFT, IA³, VeRA, …: its ΔW is
+not B·A, or not only) is written merged, and `export_note` says so. Writing is atomic and never
+touches the sources.
 """
 
 from __future__ import annotations
@@ -160,10 +162,22 @@ def check_export(comparison: Comparison, model_index: int, out: Path, *, merged:
                               "describing other directions; export it with --merged instead")
 
 
+def export_note(comparison: Comparison, model_index: int, *, merged: bool = False) -> str:
+    """What an export of this model writes when that is not the input's kind, in words for the CLI
+    and the TUI to show beside the path; empty when it is (a full checkpoint, a re-fitted LoRA)."""
+    source = comparison.tuned[model_index].source
+    if not source.is_adapter or (not merged and source.refittable() is not None):
+        return ""
+    if merged:
+        return "a merged checkpoint in the base's files"
+    return (f"a merged checkpoint in the base's files: a {source.description} adapter has no LoRA factors to "
+            "re-fit")
+
+
 def export(comparison: Comparison, plan: Plan, lam: float, out: Path, *, merged: bool = False,
            rank_extra: bool = False, force: bool = False) -> list[Refit]:
-    """Write the mitigated model to `out` in the input's kind; the refits are empty unless a LoRA
-    adapter was re-factored."""
+    """Write the mitigated model to `out` in the input's kind (adapters that are not LoRA: merged,
+    see `export_note`); the refits are empty unless a LoRA adapter was re-factored."""
     check_export(comparison, plan.model_index, out, merged=merged, force=force)
     if not merged and comparison.tuned[plan.model_index].source.refittable() is not None:
         return _write_adapter(comparison, plan, lam, out, rank_extra)
@@ -190,8 +204,26 @@ def _write_adapter(comparison: Comparison, plan: Plan, lam: float, out: Path,
                    rank_extra: bool) -> list[Refit]:
     """PEFT's recipe: ΔW' = ΔW + (λ − 1)·component, re-factored by truncated SVD, √σ on each side."""
     adapter = comparison.tuned[plan.model_index].source.refittable()
-    modules = {normalise(name): module for name, module in adapter.modules.items()}
     refits, tensors = [], {}
+    for refit, new_b, new_a in _refits(comparison, plan, lam, rank_extra):
+        tensors[refit.module.b_key], tensors[refit.module.a_key] = new_b, new_a
+        refits.append(refit)
+    write_lora_adapter(adapter, out, tensors, {r.module: r.rank for r in refits})
+    return refits
+
+
+def refit_errors(comparison: Comparison, plan: Plan, lam: float, rank_extra: bool = False) -> list[Refit]:
+    """What re-fitting a LoRA adapter at λ would lose, per module (the relative truncation error
+    the export reports), computed without writing anything: for a preview before exporting."""
+    return [refit for refit, _, _ in _refits(comparison, plan, lam, rank_extra)]
+
+
+def _refits(comparison: Comparison, plan: Plan, lam: float,
+            rank_extra: bool) -> Iterator[tuple[Refit, torch.Tensor, torch.Tensor]]:
+    """Each touched module's re-fit (rank r, or r + its intruders with `rank_extra`) and its new
+    B and A (divided by the module's scaling, as stored)."""
+    adapter = comparison.tuned[plan.model_index].source.refittable()
+    modules = {normalise(name): module for name, module in adapter.modules.items()}
     for matrix in _touched(plan, lam):
         module = modules[normalise(matrix.spec.name)]
         component = intruder_component(_tuned_matrix(comparison, plan, matrix), matrix.ranks)
@@ -200,10 +232,7 @@ def _write_adapter(comparison: Comparison, plan: Plan, lam: float, out: Path,
         delta = b.double() @ a.double() + (lam - 1) * (component.T if module.embedding else component)
         rank = module.rank + (len(matrix.ranks) if rank_extra else 0)
         new_b, new_a, error = refactor(delta / module.scaling, rank)
-        tensors[module.b_key], tensors[module.a_key] = new_b, new_a
-        refits.append(Refit(module, rank, error))
-    write_lora_adapter(adapter, out, tensors, {r.module: r.rank for r in refits})
-    return refits
+        yield Refit(module, rank, error), new_b, new_a
 
 
 def refactor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -44,6 +44,12 @@ class ModelSummary:
     skipped: int
 
 
+def is_unchanged(result: MatrixResult) -> bool:
+    """ΔW is exactly zero: every singular value of W − W0 is 0 (the engine records a pair whose
+    matrices are equal so, without decomposing W; a non-zero ΔW has a positive singular value)."""
+    return not result.sigma_delta.any()
+
+
 class ScanResults:
     """Per (tuned model index, base matrix name) results of one comparison, and the failures."""
 
@@ -64,6 +70,17 @@ class ScanResults:
     def failures(self, model: int) -> list[Failure]:
         tuned = self.comparison.tuned[model]
         return [failure for failure in self.errors.values() if tuned.spec(failure.name) is not None]
+
+    def unchanged(self, model: int) -> list[str]:
+        """The model's scanned matrices equal to the base's (as float32, value for value), in
+        checkpoint order: what the fine-tune left as it was."""
+        return [spec.name for spec, result in self.matrices(model) if is_unchanged(result)]
+
+    def identical_to_base(self, model: int) -> bool:
+        """Whether every matrix paired with the base was scanned and found unchanged: a fine-tune
+        that did nothing (or a copy of the base)."""
+        paired = self.comparison.tuned[model].pairing.matrices
+        return bool(paired) and len(self.unchanged(model)) == len(paired)
 
     def total(self, model: int, k: int, epsilon: float) -> int:
         return sum(r.intruders(k, epsilon) for _, r in self.matrices(model))

@@ -298,7 +298,7 @@ def _existing_out(tiny, tmp):
 
 
 BAD = {
-    "non-LoRA adapter": (_ia3, "only LoRA adapters are supported"),
+    "tensors of another kind than peft_type": (_ia3, "holds no IA³ tensors"),
     "DoRA adapter": (_dora, "is a DoRA adapter"),
     "existing --out": (_existing_out, "already exists; pass --force"),
     "two tuned models": (lambda tiny, tmp: [tiny / "base", tiny / "lora", tiny / "full"], "one tuned model"),

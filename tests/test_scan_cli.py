@@ -122,7 +122,7 @@ BAD = {
     "garbage": (_garbage, "not a valid safetensors file"),
     "NaN weights": (_nan, "contains NaN"),
     "adapter for another base": (_wrong_adapter, "made for another base model"),
-    "non-LoRA adapter": (_ia3, "only LoRA adapters are supported"),
+    "tensors of another kind than peft_type": (_ia3, "holds no IA³ tensors"),
     "malformed adapter config": (_bad_json, "is not valid JSON"),
 }
 

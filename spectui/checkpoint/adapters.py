@@ -75,6 +75,10 @@ class LoraAdapter:
     def rank(self) -> int:
         return self.settings.r
 
+    def weights(self, base: TensorStore) -> AdaptedModel:
+        """The tuned weights this adapter stands for on `base` (every adapter kind offers this)."""
+        return AdaptedModel(base, self)
+
     def warnings(self) -> list[str]:
         init = self.settings.init
         if init.startswith(BASE_CHANGING_INITS):

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from spectui.checkpoint.adapters import AdaptedModel, LoraAdapter, is_adapter_dir
-from spectui.checkpoint.files import CheckpointError, TensorStore, locate, open_store
+from spectui.checkpoint.adapters import ADAPTER_CONFIG, LoraAdapter, is_adapter_dir
+from spectui.checkpoint.files import CheckpointError, TensorStore, locate, open_store, read_json
 from spectui.checkpoint.names import MatrixSpec
-from spectui.checkpoint.pairing import Pairing, pair
+from spectui.checkpoint.pairing import Pairing, Skipped, pair
 from spectui.checkpoint.source import WeightSource
+
+if TYPE_CHECKING:
+    from spectui.checkpoint.tuners import TunerAdapter
 
 
 @dataclass
@@ -50,7 +54,7 @@ class Comparison:
         """Open one more tuned model against the same base; returns its index."""
         source = open_model(locate(str(path)), self.base)
         self.warnings += source.warnings()
-        self.tuned.append(TunedModel(source, pair(self.base, source, include_embeddings), source.label))
+        self.tuned.append(TunedModel(source, _pair(self.base, source, include_embeddings), source.label))
         for model, label in zip(self.tuned, _labels([m.path for m in self.tuned])):
             model.label = label  # a newcomer may make an earlier label ambiguous
         return len(self.tuned) - 1
@@ -63,15 +67,41 @@ def open_model(path: Path, base: TensorStore) -> WeightSource:
     """A checkpoint, or an adapter applied to `base`."""
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
-    return AdaptedModel(base, open_adapter(path)) if is_adapter_dir(path) else open_store(path)
+    from spectui.checkpoint.gguf import open_gguf_adapter
+    from spectui.checkpoint.torchtune import open_torchtune_adapter
+
+    for open_other_adapter in (open_gguf_adapter, open_torchtune_adapter):  # llama.cpp's and torchtune's LoRA
+        if (source := open_other_adapter(path, base)) is not None:
+            return source
+    return open_adapter(path).weights(base) if is_adapter_dir(path) else open_store(path)
 
 
-def open_adapter(path: Path) -> LoraAdapter:
-    """An adapter directory's config and factors, read once."""
-    return LoraAdapter(path)
+def open_adapter(path: Path) -> LoraAdapter | TunerAdapter:
+    """An adapter directory's config and tensors, read once: LoRA (and DoRA) here, any other PEFT
+    kind by its `peft_type` (checkpoint/tuners/)."""
+    config = read_json(path / ADAPTER_CONFIG)
+    peft_type = config.get("peft_type", "LORA")
+    if not isinstance(peft_type, str):
+        raise CheckpointError(path / ADAPTER_CONFIG, f"peft_type must be a string, not {peft_type!r}")
+    if peft_type.upper() == "LORA":
+        return LoraAdapter(path)
+    from spectui.checkpoint.tuners import open_tuner
+
+    return open_tuner(path, config, peft_type.upper())
 
 
-def adapter_base(adapter: LoraAdapter) -> Path:
+def _pair(base: TensorStore, source: WeightSource, include_embeddings: bool) -> Pairing:
+    """`pair`, with the matrices a source changes but cannot rebuild (a PEFT layer spectui cannot
+    build, say) moved to the skipped ones with the source's reason."""
+    pairing = pair(base, source, include_embeddings)
+    reasons = source.unscannable() if hasattr(source, "unscannable") else {}
+    if reasons:
+        pairing.skipped += [Skipped(s.name, reasons[s.name]) for s in pairing.matrices if s.name in reasons]
+        pairing.matrices = [s for s in pairing.matrices if s.name not in reasons]
+    return pairing
+
+
+def adapter_base(adapter: LoraAdapter | TunerAdapter) -> Path:
     """The base an adapter names in its config, found locally (path or Hugging Face cache). A
     relative path that means one directory from here and another from the adapter is refused."""
     reference = adapter.base_reference
@@ -112,9 +142,9 @@ def open_comparison(base: str | None, tuned: list[str], include_embeddings: bool
     base_store = open_store(base_path)
     models, warnings = [], []
     for i, (path, label) in enumerate(zip(tuned_paths, _labels(tuned_paths))):
-        source = AdaptedModel(base_store, first_adapter) if i == 0 and first_adapter else open_model(path, base_store)
+        source = first_adapter.weights(base_store) if i == 0 and first_adapter else open_model(path, base_store)
         warnings += source.warnings()
-        models.append(TunedModel(source, pair(base_store, source, include_embeddings), label))
+        models.append(TunedModel(source, _pair(base_store, source, include_embeddings), label))
     return Comparison(base_store, models, warnings, notes)
 
 

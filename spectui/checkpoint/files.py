@@ -226,17 +226,18 @@ def weight_files(path: Path) -> list[Path]:
             return _index_files(path)
         if path.suffix in (".safetensors", ".bin", ".pt", ".pth"):
             return [path]
-        raise CheckpointError(path, "is not a weights file (expected .safetensors, .bin or an index.json)")
+        raise CheckpointError(path, "is not a weights file (expected .safetensors, .bin, .gguf or an index.json)")
     for index in (SAFETENSORS_INDEX, BIN_INDEX):
         if (path / index).is_file():
             return _index_files(path / index)
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (path / single).is_file():
+    for single in ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin"):
+        if (path / single).is_file():  # adapter_model.bin: PEFT before safetensors became its default
             return [path / single]
     found = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
     if not found:
         raise CheckpointError(
-            path, "holds no model weights (expected model.safetensors, a shard index, or pytorch_model.bin)"
+            path, "holds no model weights (expected model.safetensors, a shard index, pytorch_model.bin, "
+                  "an adapter_model file or one .gguf)"
         )
     return found
 
@@ -262,6 +263,10 @@ def _index_files(index: Path) -> list[Path]:
 
 def open_store(path: Path) -> TensorStore:
     """Open a full checkpoint (directory or weights file) without reading any tensor data."""
+    from spectui.checkpoint.gguf import GgufStore, gguf_file
+
+    if (gguf := gguf_file(path)) is not None:  # llama.cpp's format: its config comes from its own header
+        return GgufStore(gguf)
     directory = path if path.is_dir() else path.parent
     config_file = directory / "config.json"
     config = read_json(config_file) if config_file.is_file() else {}

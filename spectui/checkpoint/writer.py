@@ -89,8 +89,24 @@ def _save(tensors: dict[str, torch.Tensor], like: Path, file: Path) -> None:
         with safe_open(str(like), framework="pt") as handle:
             metadata = handle.metadata()
         save_file(tensors, str(file), metadata=metadata)
+        os.chmod(file, 0o666 & ~_umask())  # safetensors creates its files 0600; outputs get the usual mode
     else:
         torch.save(tensors, file)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), since
+    setting it to read it back races with other threads creating files."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _copy_side_files(source: Path, out: Path, index: str, skip: Collection[str]) -> None:

@@ -13,11 +13,12 @@ import argparse
 import importlib
 import sys
 
-from spectui.errors import InputError, log_internal_error, one_line
+from spectui.errors import InputError, log_internal_error, one_line, printable
 
 # command → module of this package (the inspector itself is `tui`)
 COMMANDS = {"scan": "scan", "report": "report", "mitigate": "mitigate", "probe": "probe",
-            "train": "train", "runs": "train", "cache": "cache"}
+            "train": "train", "runs": "train", "cache": "cache",
+            "verify-merge": "verify_merge"}
 
 
 def build_command_parser() -> argparse.ArgumentParser:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             args.argv = argv
         return args.handler(args)
     except InputError as err:
-        print(f"spectui: error: {err}", file=sys.stderr)
+        print(f"spectui: error: {printable(str(err), keep='')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

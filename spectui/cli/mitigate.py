@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spectui.mitigate import check_export, export, plan
+    from spectui.mitigate import check_export, export, export_note, plan
 
     if args.out is None and not args.dry_run:
         raise UsageError("--out DIR is required unless --dry-run is given")
@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
               highlight=False)
     out.print(_plan_table(chosen, args.lam, refits))
     if not args.dry_run:
-        out.print(f"wrote {args.out}", highlight=False)
+        form = export_note(comparison, 0, merged=args.merged)
+        out.print(f"wrote {args.out}" + (f" ({form})" if form else ""), highlight=False)
     return 0
 
 

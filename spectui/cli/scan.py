@@ -20,6 +20,8 @@ def add_parser(subparsers) -> None:
     gate.add_argument("--fail-over", type=count_value, metavar="N", help="a tuned model has more than N intruders")
     gate.add_argument("--fail-over-matrix", type=count_value, metavar="N",
                       help="a single matrix has more than N intruders")
+    gate.add_argument("--fail-if-unchanged", action="store_true",
+                      help="a tuned model is identical to the base (the fine-tune changed no matrix)")
     parser.set_defaults(handler=run)
 
 
@@ -40,7 +42,7 @@ def run(args) -> int:
         out = stdout_console()
         for table in scan_tables(scan, args.k, args.eps):
             out.print(table)
-    failures = gate_failures(scan, args.k, args.eps, args.fail_over, args.fail_over_matrix)
+    failures = gate_failures(scan, args.k, args.eps, args.fail_over, args.fail_over_matrix, args.fail_if_unchanged)
     for line in failures:
         print(f"spectui: gate: {line}", file=sys.stderr)
     return 1 if failures else 0

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from spectui.atomic import write_text
-from spectui.errors import InputError
+from spectui.errors import InputError, printable
 from spectui.finetune.spec import RunSpec, SpecError, load_spec, name_error, save_spec
 from spectui.locations import runs_dir
 from spectui.validate import open_regular, read_bytes
@@ -496,13 +496,6 @@ def visible_gpu_count(spec: RunSpec) -> int:
     import torch  # deferred: a second of import time, paid only when the spec allows GPUs
 
     return torch.cuda.device_count()
-
-
-def printable(text: str, keep: str = "\n\t") -> str:
-    """`text` with control characters (terminal escapes among them) shown as U+FFFD."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() or char in keep else "\ufffd" for char in text)
 
 
 def _new_run_dir(parent: Path, spec: RunSpec) -> Path:

@@ -1,5 +1,6 @@
-"""The CI gate of `spectui scan --fail-over N / --fail-over-matrix N`: a pipeline refuses an adapter
-whose intruder count is over its limit, and learns from one line per model what went over."""
+"""The CI gate of `spectui scan --fail-over N / --fail-over-matrix N / --fail-if-unchanged`: a
+pipeline refuses an adapter whose intruder count is over its limit, or a fine-tune that changed
+nothing, and learns from one line per model what went wrong."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ from spectui.results import ScanResults
 
 
 def gate_failures(scan: ScanResults, k: int, epsilon: float, max_total: int | None,
-                  max_matrix: int | None) -> list[str]:
-    """One line per limit a tuned model exceeds (more than the limit fails); empty when the scan passes."""
+                  max_matrix: int | None, fail_if_unchanged: bool = False) -> list[str]:
+    """One line per limit a tuned model exceeds (more than the limit fails), and with
+    `fail_if_unchanged` per model identical to the base; empty when the scan passes."""
     failures = []
     for index, model in enumerate(scan.comparison.tuned):
+        if fail_if_unchanged and scan.identical_to_base(index):
+            count = len(model.pairing.matrices)
+            failures.append(f"{model.label}: identical to the base (all {count} matrices unchanged), "
+                            "--fail-if-unchanged")
         total = scan.total(index, k, epsilon)
         if max_total is not None and total > max_total:
             failures.append(f"{model.label}: {total} intruders (k={k}, ε={epsilon}), over --fail-over {max_total}")

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from spectui.checkpoint.names import short_name
+
 if TYPE_CHECKING:
     from spectui.results import ScanResults
     from spectui.spectral import MatrixResult
@@ -43,7 +45,8 @@ def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
     model = comparison.tuned[index]
     matrices = [matrix_record(spec.name, result, k, epsilon, spec.layer, spec.module)
                 for spec, result in scan.matrices(index)]
-    return {
+    unchanged = scan.unchanged(index)
+    record = {
         "base": str(comparison.base.path),
         "tuned": str(model.path),
         "label": model.label,
@@ -55,8 +58,13 @@ def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
         "skipped": [{"name": s.name, "reason": s.reason} for s in model.pairing.skipped],
         "errors": [{"name": e.name, "message": e.message} for e in scan.failures(index)],
         "warnings": comparison.warnings,
+        "unchanged_matrices": {"count": len(unchanged), "names": unchanged},
+        "identical_to_base": scan.identical_to_base(index),
         "matrices": matrices,
     }
+    if model.source.is_adapter:  # an adapter module whose merged ΔW is exactly zero (B never trained)
+        record["zero_delta_modules"] = [short_name(name) for name in unchanged]
+    return record
 
 
 def model_records(scan: ScanResults, k: int, epsilon: float) -> list[dict]:
