@@ -67,11 +67,13 @@ def trained_like(m: int, n: int, gen):
     import torch
 
     r = min(m, n)
-    u, _ = torch.linalg.qr(torch.randn(m, r, generator=gen))
-    v, _ = torch.linalg.qr(torch.randn(n, r, generator=gen))
+    fast = "cuda" if DEVICE.startswith("cuda") else "cpu"  # the QRs of a 70B layer take minutes on a CPU
+    u, _ = torch.linalg.qr(torch.randn(m, r, generator=gen).to(fast))
+    v, _ = torch.linalg.qr(torch.randn(n, r, generator=gen).to(fast))
     s = torch.logspace(0, -1.5, r) * (1 + 0.05 * torch.rand(r, generator=gen))
     s[:8] *= torch.linspace(4, 1.5, 8)
-    return (u * s.sort(descending=True).values) @ v.T, u[:, :32]
+    w0 = (u * s.sort(descending=True).values.to(fast)) @ v.T
+    return w0.cpu(), u[:, :32].cpu()
 
 
 def planted(w0, u0_top, gen):
@@ -133,8 +135,9 @@ def write_case(root: Path, case: str, quick: bool, seed: int = 0) -> tuple[Path,
 
 # -- the methods, each in its own process -----------------------------------------------------
 
-def paper_fp32(base: str, tuned: str) -> dict[str, list[int]]:
-    """What the paper's code and PEFT's reduce_intruder_dimension do: full float32 SVDs of W0 and W."""
+def paper_fp32(base: str, tuned: str, device: str) -> dict[str, list[int]]:
+    """What the paper's code and PEFT's reduce_intruder_dimension do: full float32 SVDs of W0 and W,
+    on the device the scan gets too."""
     import torch
 
     from spectui.checkpoint.comparison import open_comparison
@@ -143,8 +146,8 @@ def paper_fp32(base: str, tuned: str) -> dict[str, list[int]]:
     comparison = open_comparison(base, [tuned])
     flags = {}
     for spec in comparison.tuned[0].pairing.matrices:
-        w0 = load_matrix(comparison.base, spec.name, spec)
-        w = load_matrix(comparison.tuned[0].source, spec.tuned_name, spec)
+        w0 = load_matrix(comparison.base, spec.name, spec).to(device)
+        w = load_matrix(comparison.tuned[0].source, spec.tuned_name, spec).to(device)
         u0 = torch.linalg.svd(w0, full_matrices=False)[0]
         u = torch.linalg.svd(w, full_matrices=False)[0][:, :K]
         max_cos = (u.T @ u0).abs().max(dim=1).values
@@ -152,31 +155,36 @@ def paper_fp32(base: str, tuned: str) -> dict[str, list[int]]:
     return flags
 
 
-def spectui_scan(base: str, tuned: str, cache: str) -> dict[str, list[int]]:
+def spectui_scan(base: str, tuned: str, cache: str, device: str) -> dict[str, list[int]]:
     from spectui.cache import Cache
     from spectui.checkpoint.comparison import open_comparison
     from spectui.engine import Scan
 
     comparison = open_comparison(base, [tuned])
-    scan = Scan(comparison, Cache(Path(cache), max_bytes=1 << 40), device="cpu").run()
+    scan = Scan(comparison, Cache(Path(cache), max_bytes=1 << 40), device=device).run()
     if scan.errors:
         raise SystemExit(f"scan failed: {next(iter(scan.errors.values())).message}")
     return {name: r.intruder_ranks(K, EPS) for (_, name), r in scan.results.items()}
 
 
-def child(mode: str, base: str, tuned: str, cache: str) -> None:
+def child(mode: str, base: str, tuned: str, cache: str, device: str) -> None:
     import scipy.linalg  # noqa: F401 — imports outside the clock, for both methods
-    import torch  # noqa: F401
+    import torch
 
     import spectui.engine  # noqa: F401
 
     start = time.perf_counter()
-    flags = paper_fp32(base, tuned) if mode == "paper" else spectui_scan(base, tuned, cache)
+    flags = paper_fp32(base, tuned, device) if mode == "paper" else spectui_scan(base, tuned, cache, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb(), "flags": flags}))
 
 
+DEVICE = "cpu"  # set from --device
+
+
 def measure(mode: str, base: Path, tuned: Path, cache: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, str(base), str(tuned), str(cache)]
+    cmd = [sys.executable, __file__, "--child", mode, str(base), str(tuned), str(cache), DEVICE]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{mode} failed:\n{out.stderr[-2000:]}")
@@ -225,11 +233,14 @@ def main() -> None:
     parser.add_argument("--case", nargs="*", choices=list(CASES), default=["8b", "moe", "70b"])
     parser.add_argument("--tuned", nargs="*", choices=["lora", "dense"], default=["lora", "dense"])
     parser.add_argument("--repeat", type=int, default=1, help="runs of each method; the fastest counts")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (every GPU) or cuda:N: both methods run there")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
+    global DEVICE
+    DEVICE = args.device
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -240,7 +251,7 @@ def main() -> None:
             shutil.rmtree(work / case)
     out = ROOT / "bench" / "results" / f"realshape-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"quick": args.quick, "device": args.device, "rows": rows}, indent=1))
     print(f"wrote {out}")
 
 

@@ -77,7 +77,7 @@ def spectral_core_only(base: str, tuned: str) -> tuple[dict[str, list[int]], flo
         pairs[spec.name] = (decompose(w0), w0, load_matrix(model.source, spec.tuned_name, spec), factors)
     _limit_lapack_threads(1)
     start = time.perf_counter()
-    with ThreadPoolExecutor(default_workers(torch.device("cpu")), initializer=torch.set_num_threads,
+    with ThreadPoolExecutor(default_workers([torch.device("cpu")]), initializer=torch.set_num_threads,
                             initargs=(1,)) as pool:
         results = dict(zip(pairs, pool.map(lambda args: compare(*args), pairs.values())))
     seconds = time.perf_counter() - start

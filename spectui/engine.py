@@ -8,6 +8,7 @@ torch releases the GIL in its kernels, so threads scale; each worker gets its sh
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import os
@@ -55,24 +56,70 @@ class ScanFinished:
     cancelled: bool
 
 
-ScanEvent = MatrixDone | MatrixFailed | ScanFinished
+@dataclass(frozen=True)
+class ScanNotice:
+    """Something the user should know that changed how the scan ran (told once each)."""
+
+    message: str
+
+
+ScanEvent = MatrixDone | MatrixFailed | ScanNotice | ScanFinished
+
+
+def resolve_devices(device: str) -> list[torch.device]:
+    """The devices a `--device` value names: `auto` every visible GPU (else the CPU), `cuda` every
+    visible GPU, `cuda:0,1` those, `cpu` the CPU. One that cannot be used is a UsageError."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return [torch.device("cpu")]
+    if not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: only cpu and cuda are supported (try cpu, cuda or cuda:0,1)")
+    if not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    indexes = device.removeprefix("cuda").removeprefix(":")
+    try:
+        chosen = [int(i) for i in indexes.split(",")] if indexes else list(range(count))
+    except ValueError:
+        raise UsageError(f"--device {device}: not a device name (try cpu, cuda or cuda:0,1)") from None
+    if any(not 0 <= i < count for i in chosen):
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s)")
+    return [torch.device("cuda", i) for i in dict.fromkeys(chosen)]
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when present; an unusable device is a UsageError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise UsageError(f"--device {device}: not a device name (try cpu, cuda or cuda:1)") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device}: only cpu and cuda are supported")
-    return dev
+    """The first device a `--device` value names: what runs one model at a time (the probe)."""
+    return resolve_devices(device)[0]
+
+
+FP64_SLOW = 8.0  # a GPU whose float64 matmul is this much slower than float32 leaves solves to LAPACK
+
+
+def solver_device(device: torch.device) -> torch.device:
+    """Where a matrix's float64 eigen-solves run: on the GPU when its float64 is fast (data-centre
+    GPUs), else on the CPU (consumer GPUs run float64 at 1/32 or 1/64 of float32; spectui computes in
+    float64 for exactness, so there the CPU's LAPACK is faster). Measured once per device."""
+    if device.type != "cuda":
+        return device
+    return device if _fp64_ratio(device.index or 0) < FP64_SLOW else torch.device("cpu")
+
+
+@functools.cache
+def _fp64_ratio(index: int) -> float:
+    import time as clock
+
+    device = torch.device("cuda", index)
+    times = {}
+    for dtype in (torch.float32, torch.float64):
+        a = torch.randn(2048, 2048, device=device, dtype=dtype)
+        torch.cuda.synchronize(device)
+        start = clock.perf_counter()
+        for _ in range(5):
+            a @ a
+        torch.cuda.synchronize(device)
+        times[dtype] = clock.perf_counter() - start
+    return times[torch.float64] / times[torch.float32]
 
 
 class _HeapTrimmer:
@@ -139,11 +186,11 @@ def _limit_lapack_threads(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
-def default_workers(device: torch.device) -> int:
+def default_workers(devices: list[torch.device]) -> int:
     """On the CPU two single-threaded solves beat one two-threaded one (LAPACK's eigen-solvers scale
-    poorly); on a GPU one worker keeps it busy while the next matrix is read."""
+    poorly); on GPUs two workers each, so one reads the next matrix while the other computes."""
     cores = os.cpu_count() or 1
-    return 2 if device.type == "cuda" else max(1, min(cores, 4))
+    return 2 * len(devices) if devices[0].type == "cuda" else max(1, min(cores, 4))
 
 
 class Scan:
@@ -165,8 +212,8 @@ class Scan:
         self.comparison = comparison
         self.models = list(range(len(comparison.tuned))) if models is None else models
         self.cache = cache
-        self.device = resolve_device(device)
-        self.workers = workers or default_workers(self.device)
+        self.devices = resolve_devices(device)
+        self.workers = workers or default_workers(self.devices)
         self.on_event = on_event or (lambda event: None)
         self.names = [n for n in comparison.matrix_names(self.models) if names is None or n in names]
         self.results: dict[tuple[int, str], MatrixResult] = {}
@@ -190,11 +237,12 @@ class Scan:
     def start(self) -> Scan:
         self._started_at = time.monotonic()
         self._torch_threads = torch.get_num_threads()  # the workers set one; the process gets its own back
-        if self.device.type == "cpu":
+        if self.devices[0].type == "cpu":
             _limit_lapack_threads(max(1, (os.cpu_count() or 1) // self.workers))
         self._live = self.workers
         for i in range(self.workers):
-            threading.Thread(target=self._work, daemon=True, name=f"spectui-scan-{i}").start()
+            device = self.devices[i % len(self.devices)]
+            threading.Thread(target=self._work, args=(device,), daemon=True, name=f"spectui-scan-{i}").start()
         return self
 
     def run(self) -> Scan:
@@ -249,19 +297,19 @@ class Scan:
                     return name
             return None
 
-    def _work(self) -> None:
+    def _work(self, device: torch.device) -> None:
         # The heavy solves run in LAPACK, on the cores each worker was given; torch's own thread
         # pool busy-waits between calls and fought LAPACK's for the same cores (--workers 1 was 10×
         # slower than 2), so torch keeps one thread per worker.
         torch.set_num_threads(1)
         _yield_to_interactive_threads()
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         while (name := self._next()) is not None:
             try:
-                self._scan_matrix(name)
+                self._scan_on(name, device)
             except CheckpointError as err:
                 self._fail(name, str(err), bad_input=True)
-            except torch.cuda.OutOfMemoryError:
-                self._fail(name, f"{name}: out of memory on {self.device}; try --device cpu", bad_input=False)
             except Exception as err:  # a worker must never die silently: the scan would never finish
                 self._fail(name, f"{name}: {type(err).__name__}: {one_line(err)}", bad_input=False)
             _heap.after_matrix()
@@ -288,7 +336,21 @@ class Scan:
         self.errors[name] = event
         self.on_event(event)
 
-    def _scan_matrix(self, name: str) -> None:
+    def _scan_on(self, name: str, device: torch.device) -> None:
+        """One matrix on `device`; one that does not fit in a GPU's memory is done on the CPU."""
+        try:
+            self._scan_matrix(name, device)
+        except torch.cuda.OutOfMemoryError:
+            if device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            self._notice(f"{name} did not fit in the memory of {device}: computed on the CPU (slower)")
+            self._scan_matrix(name, torch.device("cpu"))
+
+    def _notice(self, message: str) -> None:
+        self.on_event(ScanNotice(message))
+
+    def _scan_matrix(self, name: str, device: torch.device) -> None:
         comparison = self.comparison
         w0 = load_matrix(comparison.base, name, comparison.spec(name))
         base_key = tensor_digest(w0)
@@ -303,7 +365,7 @@ class Scan:
             if torch.equal(w, w0):  # the fine-tune left it as it was: no decomposition, nothing to cache
                 if base is None:
                     base = self.cache.get_decomposition(base_key)
-                sigma = base.sigma if base is not None else singular_values(w0.to(self.device))
+                sigma = base.sigma if base is not None else singular_values(w0.to(solver_device(device)))
                 self.results[(index, name)] = result = unchanged_result(sigma, (w0.shape[0], w0.shape[1]))
                 self.on_event(MatrixDone(name, index, result, cached=False))
                 continue
@@ -313,16 +375,17 @@ class Scan:
             result = self.cache.get_result(key)
             cached = result is not None
             if result is None:
-                base = base or self._base_decomposition(base_key, w0)
-                result = compare(base, w0.to(self.device), w.to(self.device), factors)
+                solver = solver_device(device)
+                base = base or self._base_decomposition(base_key, w0, solver)
+                result = compare(base, w0.to(solver), w.to(solver), factors)
                 self.cache.put_result(key, result)
             self.results[(index, name)] = result
             self.on_event(MatrixDone(name, index, result, cached))
 
-    def _base_decomposition(self, base_key: str, w0: torch.Tensor) -> Decomposition:
+    def _base_decomposition(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
         base = self.cache.get_decomposition(base_key)
         if base is None:
-            base = decompose(w0.to(self.device))
+            base = decompose(w0.to(device))
             self.cache.put_decomposition(base_key, base)
         return base
 

@@ -73,8 +73,8 @@ def size_value(value: str) -> int:
 
 def device_value(value: str) -> str:
     """Checked by name here (torch loads later); whether CUDA is present is checked when scanning."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
-        raise argparse.ArgumentTypeError(f"'{value}' is not a device (auto, cpu, cuda or cuda:N)")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+(,\d+)*)?", value):
+        raise argparse.ArgumentTypeError(f"'{value}' is not a device (auto, cpu, cuda, cuda:N or cuda:0,1)")
     return value
 
 
@@ -93,7 +93,7 @@ def scan_options() -> argparse.ArgumentParser:
     opts.add_argument("--k", type=k_value, default=DEFAULT_K, help="top-k tuned singular vectors tested (10)")
     opts.add_argument("--eps", type=epsilon_value, default=DEFAULT_EPSILON, help="intruder threshold ε (0.5)")
     opts.add_argument("--device", type=device_value, default="auto",
-                      help="auto (CUDA when present), cpu, cuda, cuda:N")
+                      help="auto (every GPU when there are any), cpu, cuda (every GPU), cuda:N, cuda:0,1")
     opts.add_argument("--workers", type=workers_value, default=None, help="parallel matrix jobs")
     opts.add_argument("--cache-dir", type=Path, default=None, help="default: $XDG_CACHE_HOME/spectui")
     opts.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
@@ -161,7 +161,7 @@ def scan_from_args(args, comparison=None, progress: bool = True):
     from rich.console import Console
 
     from spectui import distributed
-    from spectui.engine import MatrixDone, MatrixFailed
+    from spectui.engine import MatrixDone, MatrixFailed, ScanNotice
     from spectui.results import ScanResults
 
     device(args)
@@ -177,6 +177,8 @@ def scan_from_args(args, comparison=None, progress: bool = True):
     def tell_failure(event):
         if isinstance(event, MatrixFailed):
             err.print(f"spectui: error: {event.message}", highlight=False, markup=False, soft_wrap=True)
+        elif isinstance(event, ScanNotice):
+            err.print(f"spectui: note: {event.message}", highlight=False, markup=False, soft_wrap=True)
 
     if ranks:
         gathered = distributed.scan(comparison, cache, args.device, args.workers, tell_failure, *ranks)
