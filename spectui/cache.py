@@ -56,7 +56,8 @@ def _entry_digest(key: str, arrays: dict[str, np.ndarray], meta: dict[str, str])
 
 # what each result array must look like to be used (number of dimensions, dtype kind)
 _RESULT_ARRAYS = {"sigma_base": (1, "f"), "sigma_tuned": (1, "f"), "sigma_delta": (1, "f"), "max_cos": (1, "f"),
-                  "best_base": (1, "i"), "similarity": (2, "f")}
+                  "best_base": (1, "i"), "similarity": (2, "f"), "overlap": (2, "f"), "delta_energy_base": (1, "f"),
+                  "delta_energy_tuned": (1, "f")}
 _DECOMPOSITION_ARRAYS = {"sigma": (1, "f"), "u": (2, "f")}
 KINDS = ("base", "pair")
 DEFAULT_MAX_BYTES = 20 << 30  # a laptop disk spares this; a whole 8B base's entries fit
@@ -130,8 +131,9 @@ class Cache:
         if len(data) > self.max_bytes:
             return
         try:
-            self._make_room(len(data))
-            atomic.write_bytes(self._file(kind, key), data)
+            with self._lock:  # room made and used by one writer at a time, so the count stays true
+                self._make_room(len(data))
+                atomic.write_bytes(self._file(kind, key), data)
         except OSError as err:
             self._writable = False
             self._warn(f"{self.root}: cannot write the cache ({err.strerror or err}); going on without it")
@@ -148,20 +150,20 @@ class Cache:
         return found
 
     def _make_room(self, incoming: int) -> None:
-        """Evict the least recently used entries until `incoming` more bytes fit under the cap."""
-        with self._lock:
-            if self._size is None:
-                self._size = sum(size for _, size, _ in self.entries())
-            self._size += incoming
+        """Evict the least recently used entries until `incoming` more bytes fit under the cap
+        (called holding the lock)."""
+        if self._size is None:
+            self._size = sum(size for _, size, _ in self.entries())
+        self._size += incoming
+        if self._size <= self.max_bytes:
+            return
+        self._size = sum(size for _, size, _ in self.entries()) + incoming  # other processes write too
+        for file, size, _ in sorted(self.entries(), key=lambda entry: entry[2]):
             if self._size <= self.max_bytes:
-                return
-            self._size = sum(size for _, size, _ in self.entries()) + incoming  # other processes write too
-            for file, size, _ in sorted(self.entries(), key=lambda entry: entry[2]):
-                if self._size <= self.max_bytes:
-                    break
-                with contextlib.suppress(OSError):
-                    file.unlink()
-                    self._size -= size
+                break
+            with contextlib.suppress(OSError):
+                file.unlink()
+                self._size -= size
 
     # -- which entries are whose ----------------------------------------------------------------
     def remember(self, model: Path, role: str, keys: dict[str, set[str]]) -> None:

@@ -23,12 +23,20 @@ from spectui import eigen
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE, TOP_VECTORS
 from spectui.intruders import count_intruders, intruder_ranks
 
-ALGORITHM_VERSION = 4
-# Kolmogorov–Smirnov distance to the Marchenko–Pastur law under which a spectrum looks random.
-# Random matrices sit far closer than i.i.d. samples would (their eigenvalues are rigid), trained ones
-# further (bench/README.md has the distances measured). Small matrices fluctuate more, hence the
-# 3/rank floor.
-RANDOM_LIKE_DISTANCE = 0.05
+ALGORITHM_VERSION = 5
+# The never-trained test (`marchenko_pastur_distance`). A spectrum is random-like when it sits where the
+# Marchenko–Pastur law fitted to its bulk puts it, as rigidly as random matrices do: nothing beyond a
+# soft edge by more than EDGE_MARGIN Tracy–Widom units, and eigenvalues on average within
+# DISPLACEMENT_LIMIT positions of their MP locations. Random Gaussian, uniform, truncated-normal and
+# Kaiming matrices of 16 to 4096 rows reached at most 4.3 and 1.2 (2,574 of them); trained ones exceed
+# one or both (the least structured matrix of SmolLM2-135M, a v projection: 5.0 and 1.55; the bundled
+# base's: 14 and 4.5). tests/test_random_like.py holds both sides.
+EDGE_MARGIN = 4.5
+DISPLACEMENT_LIMIT = 1.3
+RANDOM_LIKE_MIN_SIZE = 16  # smaller spectra are too short to tell
+_FIT_WINDOW = (0.1, 0.7)  # quantiles of the spectrum the MP scale is fitted on: below spikes and heavy tails
+_LOWER_EDGE_MAX_RATIO = 0.8  # short/long side above which MP's lower edge is hard (near 0): not tested
+_FLAT = 1e-2  # σ_max/σ_min − 1 below this: orthogonal or identity initialisation
 
 
 @dataclass
@@ -105,23 +113,69 @@ def stable_rank(sigma: np.ndarray) -> float:
     return float((sigma**2).sum() / sigma[0] ** 2) if sigma.size and sigma[0] > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class BulkFit:
+    """A spectrum against the Marchenko–Pastur law of an i.i.d. matrix of its shape, the scale fitted
+    on the bulk. `edge_excess`: how far the largest eigenvalue lies above MP's upper edge, or the
+    smallest below its lower edge (a soft edge only: short/long side < 0.8), in Tracy–Widom units
+    (Johnstone 2001; Ma 2012), the larger of the two; `displacement`: the mean distance, in
+    positions, of the eigenvalues of the central 90% from their MP locations; `spikes`: eigenvalues
+    above the upper edge by more than EDGE_MARGIN."""
+
+    edge_excess: float
+    displacement: float
+    spikes: int
+
+
+def marchenko_pastur_fit(sigma: np.ndarray, shape: tuple[int, int]) -> BulkFit | None:
+    """The squared singular values λ of an m×n W (p = min, N = max, q = p/N) against MP(q): the
+    scale s is fitted so that λ_i/s matches N·γ_i over the _FIT_WINDOW quantiles, γ_i being MP's
+    quantile at (i + ½)/p. None where the spectrum is too short or zero in that window."""
+    p, n = min(shape), max(shape)
+    lam = np.sort(np.asarray(sigma, dtype=np.float64)[:p] ** 2)
+    if lam.size < RANDOM_LIKE_MIN_SIZE or lam.size != p:
+        return None
+    gamma = _mp_classical(p, n) * n
+    lo, hi = int(_FIT_WINDOW[0] * p), int(_FIT_WINDOW[1] * p)
+    scale = lam[lo:hi].sum() / gamma[lo:hi].sum()
+    if not scale > 0:
+        return None
+    t = lam / scale
+    a, b = math.sqrt(n - 1), math.sqrt(p)
+    top_centre, top_width = (a + b) ** 2, (a + b) * (1 / a + 1 / b) ** (1 / 3)
+    above = (t - top_centre) / top_width
+    excess = float(above[-1])
+    if p / n < _LOWER_EDGE_MAX_RATIO:
+        a, b = math.sqrt(n - 0.5), math.sqrt(p - 0.5)
+        excess = max(excess, float(((a - b) ** 2 - t[0]) / ((a - b) * (1 / b - 1 / a) ** (1 / 3))))
+    grid, cdf = _mp_cdf(p, n)
+    displaced = p * np.interp(t / n, grid, cdf) - (np.arange(p) + 0.5)
+    central = displaced[int(0.05 * p): int(0.95 * p)]
+    return BulkFit(edge_excess=excess, displacement=float(np.abs(central).mean()),
+                   spikes=int((above > EDGE_MARGIN).sum()))
+
+
 def marchenko_pastur_distance(sigma: np.ndarray, shape: tuple[int, int]) -> float:
-    """Kolmogorov–Smirnov distance between the squared spectrum and the Marchenko–Pastur law of
-    an i.i.d. random matrix of the same shape and norm. Near 0 means "looks never trained"."""
-    lam = np.sort(sigma**2)
-    if lam.size < 8 or lam.mean() <= 0:
-        return 1.0
-    lam = lam / lam.mean()
-    q = min(shape) / max(shape)
-    grid, cdf = _mp_cdf(round(q, 3))
-    model = np.interp(lam, grid, cdf)
-    empirical_hi = np.arange(1, lam.size + 1) / lam.size
-    empirical_lo = np.arange(0, lam.size) / lam.size
-    return float(max(np.abs(empirical_hi - model).max(), np.abs(model - empirical_lo).max()))
+    """How far a spectrum is from a never-trained (i.i.d. random) matrix's, in units of what
+    randomness allows: max(edge_excess / EDGE_MARGIN, displacement / DISPLACEMENT_LIMIT) of
+    `marchenko_pastur_fit`. Below 1: random-like, as a never-trained matrix is; 1 and above: it has
+    structure (spikes above the bulk, or a bulk shaped otherwise). A flat spectrum (every σ equal:
+    orthogonal or identity initialisation) is 0; a spectrum too short or degenerate to tell is
+    infinite (not random-like)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    p = min(shape)
+    if sigma.size >= RANDOM_LIKE_MIN_SIZE and sigma[:p].min() > 0 and sigma[:p].max() <= (1 + _FLAT) * sigma[:p].min():
+        return 0.0
+    fit = marchenko_pastur_fit(sigma, shape)
+    if fit is None:
+        return math.inf
+    return max(fit.edge_excess / EDGE_MARGIN, fit.displacement / DISPLACEMENT_LIMIT)
 
 
 @lru_cache(maxsize=64)
-def _mp_cdf(q: float, points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+def _mp_cdf(p: int, n: int, points: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """The Marchenko–Pastur CDF for q = p/n (mean 1), on a grid of its support."""
+    q = p / n
     lo, hi = (1 - math.sqrt(q)) ** 2, (1 + math.sqrt(q)) ** 2
     # Chebyshev-spaced grid resolves the square-root edges of the density.
     t = (1 - np.cos(np.linspace(0, math.pi, points))) / 2
@@ -131,9 +185,22 @@ def _mp_cdf(q: float, points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
     return x, cdf / cdf[-1]
 
 
+@lru_cache(maxsize=64)
+def _mp_classical(p: int, n: int) -> np.ndarray:
+    """MP's quantiles at (i + ½)/p, i < p: where the i-th smallest eigenvalue of a random matrix lies."""
+    grid, cdf = _mp_cdf(p, n)
+    return np.interp((np.arange(p) + 0.5) / p, cdf, grid)
+
+
 @dataclass
 class MatrixResult:
-    """Everything the views need for one (base, tuned) matrix pair; small enough to cache."""
+    """Everything the views need for one (base, tuned) matrix pair; small enough to cache.
+
+    Besides the paper's figures, what the follow-up literature measures, kept so that
+    any k ≤ TOP_VECTORS (and ε) is answered without a new decomposition: `overlap` = U[:, :T]ᵀ U0[:, :T]
+    (signed; T = TOP_VECTORS or the rank) for principal angles; ‖u0_iᵀ ΔW‖² and ‖u_jᵀ ΔW‖² for the
+    top base and tuned left singular vectors, for the shares of ‖ΔW‖²_F along them. A result built
+    without them (W = W0: `engine.unchanged_result`) gets what W = W0 gives: Uᵀ U0 = I, ΔW = 0."""
 
     shape: tuple[int, int]
     sigma_base: np.ndarray
@@ -143,7 +210,19 @@ class MatrixResult:
     best_base: np.ndarray  # index of the base vector that attains it
     similarity: np.ndarray  # |U[:, :K]ᵀ U0[:, :K]|, K = SIMILARITY_SIZE
     delta_rel_norm: float
-    base_mp_distance: float
+    base_mp_distance: float  # `marchenko_pastur_distance` of the base spectrum: < 1 looks never trained
+    overlap: np.ndarray | None = None  # U[:, :T]ᵀ U0[:, :T], signed, T = len(max_cos)
+    delta_energy_base: np.ndarray | None = None  # ‖u0_iᵀ ΔW‖², i < T
+    delta_energy_tuned: np.ndarray | None = None  # ‖u_jᵀ ΔW‖², j < T
+
+    def __post_init__(self):
+        top = len(self.max_cos)
+        if self.overlap is None:
+            self.overlap = np.eye(top, dtype=np.float32)
+        if self.delta_energy_base is None:
+            self.delta_energy_base = np.zeros(self.overlap.shape[1])
+        if self.delta_energy_tuned is None:
+            self.delta_energy_tuned = np.zeros(top)
 
     def intruder_ranks(self, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON) -> list[int]:
         return intruder_ranks(self.max_cos, k, epsilon)
@@ -165,9 +244,81 @@ class MatrixResult:
 
     @property
     def base_random_like(self) -> bool:
-        return self.base_mp_distance < max(RANDOM_LIKE_DISTANCE, 3 / min(self.shape))
+        return self.base_mp_distance < 1
 
-    ARRAYS = ("sigma_base", "sigma_tuned", "sigma_delta", "max_cos", "best_base", "similarity")
+    @property
+    def base_spikes(self) -> int | None:
+        """Eigenvalues of W0 W0ᵀ above the fitted MP bulk edge by more than EDGE_MARGIN (None: too small)."""
+        fit = marchenko_pastur_fit(self.sigma_base, self.shape)
+        return None if fit is None else fit.spikes
+
+    # -- the follow-up literature's metrics ------------------------------------------------------
+    # Principal-subspace rotation and spectral drift: "RL Is Neither a Panacea Nor a Mirage" (arXiv
+    # 2508.16546: SFT and RL turn singular vectors and barely move singular values) and "The
+    # Path Not Taken" (Zhu et al., arXiv 2511.08567: RLVR keeps spectral drift and principal-subspace
+    # rotation small, SFT does not). The share of ΔW in the base's top-k subspace: OPLoRA's question
+    # (Xiong & Xie, arXiv 2510.13003: updates interfering with the dominant singular directions), asked
+    # of the left subspace as a share of ‖ΔW‖²_F.
+    def principal_cosines(self, r: int = DEFAULT_K) -> np.ndarray:
+        """Cosines of the principal angles between span(U[:, :r]) and span(U0[:, :r]): the singular
+        values of U[:, :r]ᵀ U0[:, :r], descending (r is capped at the vectors kept). The vectors are
+        float32, so angles below about 0.03° read as 0."""
+        r = min(r, *self.overlap.shape)
+        return np.clip(np.linalg.svd(self.overlap[:r, :r].astype(np.float64), compute_uv=False), 0.0, 1.0)
+
+    def principal_angles(self, r: int = DEFAULT_K) -> np.ndarray:
+        """The principal angles in degrees, ascending."""
+        return np.degrees(np.arccos(self.principal_cosines(r)))
+
+    def max_principal_angle(self, r: int = DEFAULT_K) -> float:
+        """The largest principal angle in degrees: how far the dominant subspace turned at worst."""
+        angles = self.principal_angles(r)
+        return float(angles[-1]) if angles.size else 0.0
+
+    def subspace_rotation(self, r: int = DEFAULT_K) -> float:
+        """Mean sin² of the principal angles, 1 − ‖U[:, :r]ᵀ U0[:, :r]‖²_F / r: 0 when the top-r
+        subspace stayed, 1 when it turned orthogonal."""
+        r = min(r, *self.overlap.shape)
+        if r == 0:
+            return 0.0
+        return float(min(max(1.0 - (self.overlap[:r, :r].astype(np.float64) ** 2).sum() / r, 0.0), 1.0))
+
+    @property
+    def delta_energy(self) -> float:
+        """‖ΔW‖²_F."""
+        return float((self.sigma_delta.astype(np.float64) ** 2).sum())
+
+    def base_subspace_share(self, k: int = DEFAULT_K) -> float | None:
+        """‖U0[:, :k]ᵀ ΔW‖²_F / ‖ΔW‖²_F: the share of the update inside the base's top-k left singular
+        subspace (OPLoRA's alignment); None where ΔW = 0."""
+        total = self.delta_energy
+        return float(min(self.delta_energy_base[:k].sum() / total, 1.0)) if total > 0 else None
+
+    def intruder_share(self, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON) -> float | None:
+        """The share of ‖ΔW‖²_F along the intruders at (k, ε): Σ_j ‖u_jᵀ ΔW‖² over intruders u_j (an
+        orthonormal set, so this is ‖P ΔW‖² for the projector P on their span) / ‖ΔW‖²_F; None where
+        ΔW = 0."""
+        total = self.delta_energy
+        if total <= 0:
+            return None
+        ranks = self.intruder_ranks(k, epsilon)
+        return float(min(self.delta_energy_tuned[ranks].sum() / total, 1.0)) if ranks else 0.0
+
+    def spectral_drift(self, k: int = DEFAULT_K) -> np.ndarray:
+        """(σ_j(W) − σ_j(W0)) / σ_j(W0) for j < k, singular values matched by rank; NaN where σ_j(W0) = 0."""
+        k = min(k, self.sigma_base.size, self.sigma_tuned.size)
+        base, tuned = self.sigma_base[:k].astype(np.float64), self.sigma_tuned[:k].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(base > 0, (tuned - base) / base, np.nan)
+
+    def mean_abs_drift(self, k: int = DEFAULT_K) -> float | None:
+        """Mean |spectral drift| over the top k (None where no σ_j(W0) is positive)."""
+        drift = self.spectral_drift(k)
+        drift = drift[~np.isnan(drift)]
+        return float(np.abs(drift).mean()) if drift.size else None
+
+    ARRAYS = ("sigma_base", "sigma_tuned", "sigma_delta", "max_cos", "best_base", "similarity", "overlap",
+              "delta_energy_base", "delta_energy_tuned")
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in self.ARRAYS}
@@ -189,15 +340,25 @@ def compare(
     w: torch.Tensor,
     delta_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> MatrixResult:
-    """The paper's per-matrix analysis of W0 → W, given W0's (cached) decomposition."""
+    """The paper's per-matrix analysis of W0 → W, given W0's (cached) decomposition, and the
+    follow-up metrics' ingredients (a T×T block of Uᵀ U0 and ‖ΔW‖² along 2T vectors: a few
+    matrix-vector products beside the decomposition)."""
     tuned = decompose(w, vectors=TOP_VECTORS)
-    cos = (tuned.u.T @ base.u.to(tuned.u.device)).abs()
+    base_u = base.u.to(tuned.u.device)
+    cos = (tuned.u.T @ base_u).abs()
     max_cos, best = cos.max(dim=1)
+    top = tuned.u.shape[1]
+    overlap = (tuned.u.double().T @ base_u[:, :top].double()).to(torch.float32)
+    basis = torch.cat([base_u[:, :top], tuned.u], dim=1)  # the vectors ‖·ᵀ ΔW‖² is wanted along
     size = min(w.shape)
     if delta_factors is not None:
         sigma_delta = low_rank_singular_values(*delta_factors, size=size)
+        energy = _low_rank_energies(basis, *delta_factors)
     else:
-        sigma_delta = singular_values(w - w0)
+        delta = w - w0
+        sigma_delta = singular_values(delta)
+        energy = _dense_energies(basis, delta)
+        del delta
     base_norm = float(base.sigma.pow(2).sum().sqrt())
     delta_norm = float(sigma_delta.pow(2).sum().sqrt())
     sigma_base = base.sigma.numpy()
@@ -211,4 +372,65 @@ def compare(
         similarity=cos[:SIMILARITY_SIZE, :SIMILARITY_SIZE].cpu().clone().numpy(),  # not a view: frees cos
         delta_rel_norm=delta_norm / base_norm if base_norm > 0 else 0.0,
         base_mp_distance=marchenko_pastur_distance(sigma_base, (w.shape[0], w.shape[1])),
+        overlap=overlap.cpu().numpy(),
+        delta_energy_base=energy[:top].numpy(),
+        delta_energy_tuned=energy[top:].numpy(),
     )
+
+
+def _dense_energies(basis: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """‖bᵀ ΔW‖² for each column b of `basis` (float64 on the CPU). The product is float32 like the
+    matrices (a relative error ~1e-6 of ‖ΔW‖², far below what the shares are read at)."""
+    projected = basis.to(delta.device).T @ delta
+    return projected.double().pow(2).sum(dim=1).cpu()
+
+
+def _low_rank_energies(basis: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """‖xᵀ B A‖² = xᵀ B (A Aᵀ) Bᵀ x for each column x of `basis`, without forming B A."""
+    b, a = b.double().cpu(), a.double().cpu()
+    projected = basis.double().cpu().T @ b
+    return ((projected @ (a @ a.T)) * projected).sum(dim=1).clamp_min(0)
+
+
+# -- the similarity of two updates --------------------------------------------------------------
+
+Update = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # ΔW dense, or (B, A) with ΔW = B @ A
+_CHUNK = 1 << 22  # float64 elements per chunk of a dense product (32 MB): memory stays bounded
+
+
+def update_inner(x: Update, y: Update) -> float:
+    """⟨X, Y⟩_F = tr(Xᵀ Y) in float64, for dense updates or low-rank factors, without forming B A:
+    ⟨B1 A1, B2 A2⟩ = tr((B1ᵀ B2)(A2 A1ᵀ)), an r1×r2 computation; ⟨D, B A⟩ = Σ (D Aᵀ) ∘ B."""
+    if isinstance(x, tuple) and isinstance(y, tuple):
+        (b1, a1), (b2, a2) = ((b.double().cpu(), a.double().cpu()) for b, a in (x, y))
+        return float(((b1.T @ b2) * (a1 @ a2.T)).sum())
+    if isinstance(x, tuple) or isinstance(y, tuple):
+        (b, a), dense = (x, y) if isinstance(x, tuple) else (y, x)
+        b, a = b.double().to(dense.device), a.double().to(dense.device)
+        if dense.shape != (b.shape[0], a.shape[1]):
+            raise ValueError(f"updates of shapes {tuple(dense.shape)} and {(b.shape[0], a.shape[1])}")
+        rows = max(1, _CHUNK // max(dense.shape[1], 1))
+        return float(sum(((dense[i: i + rows].double() @ a.T) * b[i: i + rows]).sum()
+                         for i in range(0, dense.shape[0], rows)))
+    if x.shape != y.shape:
+        raise ValueError(f"updates of shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.reshape(-1), y.to(x.device).reshape(-1)
+    return float(sum(torch.dot(x[i: i + _CHUNK].double(), y[i: i + _CHUNK].double())
+                     for i in range(0, x.numel(), _CHUNK)))
+
+
+def update_norm2(x: Update) -> float:
+    """‖X‖²_F; for B A, tr((Bᵀ B)(A Aᵀ))."""
+    if isinstance(x, tuple):
+        b, a = x[0].double().cpu(), x[1].double().cpu()
+        return float(((b.T @ b) * (a @ a.T)).sum())
+    return update_inner(x, x)
+
+
+def update_cosine(x: Update, y: Update) -> float | None:
+    """⟨ΔW1, ΔW2⟩_F / (‖ΔW1‖_F ‖ΔW2‖_F): 1 when two fine-tunes moved the weights the same way, 0
+    when orthogonally, −1 when oppositely; None when either update is zero."""
+    norms = update_norm2(x) * update_norm2(y)
+    if not norms > 0:
+        return None
+    return max(-1.0, min(1.0, update_inner(x, y) / math.sqrt(norms)))

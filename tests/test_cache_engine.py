@@ -182,3 +182,51 @@ def test_a_manifest_naming_files_outside_the_cache_is_ignored(tiny, cache_dir, t
     assert Cache(cache_dir).models() == []
     Cache(cache_dir).clear(tiny / "lora")
     assert victim.read_text() == "mine"
+
+
+def test_device_names_resolve_to_every_gpu_or_those_named(monkeypatch):
+    import torch
+
+    from spectui.engine import resolve_devices
+    from spectui.errors import UsageError
+
+    assert resolve_devices("cpu") == [torch.device("cpu")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert resolve_devices("auto") == [torch.device("cuda", i) for i in range(3)]
+    assert resolve_devices("cuda") == [torch.device("cuda", i) for i in range(3)]
+    assert resolve_devices("cuda:2,0,2") == [torch.device("cuda", 2), torch.device("cuda", 0)]
+    with pytest.raises(UsageError, match="has 3 CUDA device"):
+        resolve_devices("cuda:0,5")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_devices("auto") == [torch.device("cpu")]
+    with pytest.raises(UsageError, match="not available"):
+        resolve_devices("cuda:0")
+
+
+def test_a_matrix_that_runs_out_of_gpu_memory_is_done_on_the_cpu(tiny, cache_dir, monkeypatch):
+    """The GPU path's logic, run on the CPU: a worker on a 'cuda' device whose solve raises CUDA's
+    out-of-memory error does that matrix again on the CPU and says so once, with the same result."""
+    import torch
+
+    expected = run(tiny, Cache(None), "lora").results
+    real_scan_matrix = engine.Scan._scan_matrix
+    failed = []
+
+    def on_device(self, name, device):
+        if device.type == "cuda":
+            failed.append(name)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_scan_matrix(self, name, device)
+
+    monkeypatch.setattr(engine.Scan, "_scan_matrix", on_device)
+    monkeypatch.setattr(engine, "resolve_devices", lambda device: [torch.device("cuda", 0)])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    events = []
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / "lora")])
+    scan = Scan(comparison, Cache(None), device="cuda", on_event=events.append).run()
+    notices = [e.message for e in events if isinstance(e, engine.ScanNotice)]
+    assert not scan.errors and len(failed) == len(notices) == len(scan.names) > 0
+    assert all("computed on the CPU" in n for n in notices)
+    same_results(scan.results, expected)

@@ -94,16 +94,17 @@ def matrix_figure(name: str, panels: Sequence[tuple[int, str, MatrixResult]], k:
 
 def _spectra(ax, panels: Sequence[tuple[int, str, MatrixResult]], k: int, epsilon: float) -> None:
     sigma_base = panels[0][2].sigma_base
-    ax.semilogy(np.arange(1, len(sigma_base) + 1), sigma_base, color=BASE_COLOUR, lw=1.6, label="base")
+    # ranks from 0, as in the tables, the JSON and the TUI
+    ax.semilogy(np.arange(len(sigma_base)), sigma_base, color=BASE_COLOUR, lw=1.6, label="base")
     for index, label, result in panels:
         ranks = np.array(result.intruder_ranks(k, epsilon), dtype=int)
-        ax.semilogy(np.arange(1, len(result.sigma_tuned) + 1), result.sigma_tuned, color=model_colour(index),
+        ax.semilogy(np.arange(len(result.sigma_tuned)), result.sigma_tuned, color=model_colour(index),
                     lw=0.9, label=label)
-        ax.scatter(ranks + 1, result.sigma_tuned[ranks], marker="x", s=28, color=model_colour(index), zorder=3)
-    ax.axvline(k + 0.5, color=BASE_COLOUR, ls=":", lw=1)
-    ax.set_xscale("log")  # the top k, where intruders are, gets as much room as the long tail
+        ax.scatter(ranks, result.sigma_tuned[ranks], marker="x", s=28, color=model_colour(index), zorder=3)
+    ax.axvline(k - 0.5, color=BASE_COLOUR, ls=":", lw=1)
+    ax.set_xscale("symlog", linthresh=1)  # the top k, where intruders are, gets as much room as the long tail
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
-    ax.set(xlabel="rank, from 1 (× intruder; dotted: k)", ylabel="singular value", title="Spectra")
+    ax.set(xlabel="rank, from 0 (× intruder; dotted: k)", ylabel="singular value", title="Spectra")
     ax.legend()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from spectui import __version__
 from spectui.report import figures
-from spectui.report.records import model_records
+from spectui.report.records import MEDIAN_COLUMNS, cosine_text, median_cells, model_records
 from spectui.report.summary import (
     MATRIX_LEGEND,
     SUMMARY_COLUMNS,
@@ -65,6 +65,7 @@ def scan_html(scan: ScanResults, k: int, epsilon: float) -> str:
         f"when its largest |cosine| with any base singular vector is below {epsilon}. spectui {__version__}.</p>",
         *(f"<p class=warn>⚠ {escape(w)}</p>" for w in [*comparison.warnings, *failures(scan.errors)]),
         "<h2>Summary</h2>", _summary_table(summaries),
+        _followup(scan, records, k, epsilon),
         "<h2>Intruders vs ε and vs k</h2><div class=figs>",
         figures.epsilon_curves(labels, [s.by_epsilon for s in summaries], k, epsilon),
         _k_figure(scan, labels, k, epsilon), "</div>",
@@ -86,6 +87,30 @@ def _summary_table(summaries: list[ModelSummary]) -> str:
         cells[2] = f"<strong>{cells[2]}</strong>"
         rows.append(cells)
     return _table(SUMMARY_COLUMNS, rows, right_from=2)
+
+
+def _followup(scan: ScanResults, records: list[dict], k: int, epsilon: float) -> str:
+    """The follow-up literature's metrics: medians per model, and with several tuned
+    models the cosines of their updates."""
+    rows = []
+    for i, record in enumerate(records):
+        cells = [escape(text) for text in median_cells(record)]
+        rows.append([_swatch(i) + cells[0], *cells[1:]])
+    parts = [f"<h2>How the update sits in the spectrum</h2><p class=note>Medians over matrices, r = k = {k}. "
+             "Principal angles between the top-k left singular subspaces of W0 and W (how far the dominant "
+             "subspace turned); the share of ‖ΔW‖²<sub>F</sub> inside the base's top-k left singular subspace and "
+             f"along the intruders (ε = {epsilon}); the relative change of the top-k singular values at matched "
+             "ranks.</p>", _table(MEDIAN_COLUMNS, rows, right_from=1)]
+    similarity = scan.update_similarity()
+    if similarity is not None:
+        head = ["", *similarity.labels]
+        body = [[_swatch(i) + escape(label), *map(cosine_text, row)]
+                for i, (label, row) in enumerate(zip(similarity.labels, similarity.cosine))]
+        parts += ["<h3>Update similarity</h3><p class=note>Cosine of the updates, ⟨ΔW<sub>a</sub>, ΔW<sub>b</sub>⟩"
+                  "<sub>F</sub> / (‖ΔW<sub>a</sub>‖ ‖ΔW<sub>b</sub>‖), over every matrix: near 1 where two "
+                  "fine-tunes changed the same directions, near 0 where they are unrelated.</p>",
+                  _table(head, body, right_from=1)]
+    return "\n".join(parts)
 
 
 def _swatch(index: int) -> str:
@@ -159,5 +184,6 @@ def _matrix_figures(rows: list[MatrixRow], labels: list[str], scan: ScanResults,
 def _matrix_table(rows: list[MatrixRow], labels: list[str]) -> str:
     cells = [[f"<code>{escape(row.short)}</code>" + (" †" if row.random_like else ""), row.size,
               *(cell(c, lambda count: f"<strong>{count}</strong>") for c in row.cells)] for row in rows]  # numbers only
-    return (f"<details><summary>{len(rows)} matrices. Each cell: {escape(MATRIX_LEGEND)}.</summary>"
+    return (f"<details><summary>{len(rows)} matrices. Each cell: {escape(MATRIX_LEGEND)}. Ranks count from 0, "
+            "as in the JSON.</summary>"
             f"{_table(['matrix', 'shape', *labels], cells, right_from=2)}</details>")

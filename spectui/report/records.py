@@ -32,11 +32,50 @@ def matrix_record(name: str, result: MatrixResult, k: int, epsilon: float, layer
         "stable_rank_base": result.stable_rank_base,
         "stable_rank_tuned": result.stable_rank_tuned,
         "base_random_like": result.base_random_like,
+        "base_mp_distance": _finite(result.base_mp_distance),
+        "base_spikes": result.base_spikes,
+        # the follow-up literature's metrics (spectral.MatrixResult), at r = k
+        "principal_angles_deg": _floats(result.principal_angles(k)),
+        "max_principal_angle_deg": result.max_principal_angle(k),
+        "subspace_rotation": result.subspace_rotation(k),
+        "delta_share_base_top_k": result.base_subspace_share(k),
+        "delta_share_intruders": result.intruder_share(k, epsilon),
+        "spectral_drift": [_finite(v) for v in result.spectral_drift(k)],
+        "mean_abs_drift": result.mean_abs_drift(k),
     }
 
 
 def _floats(values: np.ndarray) -> list[float]:
     return [float(v) for v in values]
+
+
+def _finite(value) -> float | None:
+    """A float for JSON: None for NaN or infinity, which strict JSON cannot hold."""
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+# the per-model medians of the follow-up metrics: JSON key → ModelSummary / followup_medians key
+MEDIANS = {"max_principal_angle_deg": "median_max_angle", "subspace_rotation": "median_rotation",
+           "delta_share_base_top_k": "median_base_share", "delta_share_intruders": "median_intruder_share",
+           "mean_abs_drift": "median_drift"}
+MEDIAN_COLUMNS = ("tuned model", "largest principal angle", "mean sin² of the angles", "‖ΔW‖² in base top-k",
+                  "‖ΔW‖² along intruders", "mean |drift| of top-k σ")
+
+
+def median_cells(record: dict) -> list[str]:
+    """A model record's follow-up medians as text, in the order of MEDIAN_COLUMNS (– where none)."""
+    m = record["medians"]
+
+    def shown(value, fmt):
+        return "–" if value is None else fmt.format(value)
+
+    return [record["label"], shown(m["max_principal_angle_deg"], "{:.1f}°"), shown(m["subspace_rotation"], "{:.3g}"),
+            shown(m["delta_share_base_top_k"], "{:.3f}"), shown(m["delta_share_intruders"], "{:.3f}"),
+            shown(m["mean_abs_drift"], "{:.3g}")]
+
+
+def cosine_text(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
 
 
 def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
@@ -46,6 +85,7 @@ def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
     matrices = [matrix_record(spec.name, result, k, epsilon, spec.layer, spec.module)
                 for spec, result in scan.matrices(index)]
     unchanged = scan.unchanged(index)
+    medians = scan.followup_medians(index, k, epsilon)
     record = {
         "base": str(comparison.base.path),
         "tuned": str(model.path),
@@ -60,6 +100,7 @@ def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
         "warnings": comparison.warnings,
         "unchanged_matrices": {"count": len(unchanged), "names": unchanged},
         "identical_to_base": scan.identical_to_base(index),
+        "medians": {key: medians[field] for key, field in MEDIANS.items()},
         "matrices": matrices,
     }
     if model.source.is_adapter:  # an adapter module whose merged ΔW is exactly zero (B never trained)
@@ -76,7 +117,26 @@ def scan_json(scan: ScanResults, k: int, epsilon: float) -> dict:
     records = model_records(scan, k, epsilon)
     if len(records) == 1:
         return records[0]
-    return {"base": str(scan.comparison.base.path), "k": k, "epsilon": epsilon, "models": records}
+    return {"base": str(scan.comparison.base.path), "k": k, "epsilon": epsilon, "models": records,
+            "update_similarity": similarity_record(scan)}
+
+
+def similarity_record(scan: ScanResults) -> dict | None:
+    """Cosines of the tuned models' updates (`ScanResults.update_similarity`): the whole-model matrix
+    (rows and columns in `models` order; null where an update is zero) and, per pair, per matrix."""
+    similarity = scan.update_similarity()
+    if similarity is None:
+        return None
+    pairs = []
+    for (a, b), by_matrix in similarity.per_matrix.items():
+        present = [c for c in by_matrix.values() if c is not None]
+        pairs.append({"a": similarity.labels[similarity.models.index(a)],
+                      "b": similarity.labels[similarity.models.index(b)],
+                      "cosine": similarity.between(a, b),
+                      "median_matrix_cosine": float(np.median(present)) if present else None,
+                      "matrices": by_matrix})
+    return {"models": similarity.labels, "cosine": similarity.cosine, "pairs": pairs,
+            "left_out": similarity.left_out}
 
 
 CSV_COLUMNS = (
