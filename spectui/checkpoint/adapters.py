@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
     import torch
 
+    from spectui.checkpoint.experts import ExpertIndex
+
 from spectui.checkpoint.files import CheckpointError, TensorStore, read_json, weight_files
 from spectui.checkpoint.names import MatrixSpec, normalise
+from spectui.checkpoint.param_lora import ParamLoraSet, strip_base_layers, targeted
 from spectui.validate import boolean, integer, number, text
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -64,6 +67,7 @@ class LoraAdapter:
         self.settings = LoraSettings.of(self.config, self.config_file)
         self.store = TensorStore(path, weight_files(path), {})
         self.modules: dict[str, LoraModule] = {}
+        self.parameter_modules: dict[str, dict[int, dict[str, str]]] = {}  # target_parameters: module → depth → keys
         self.replacements: dict[str, str] = {}  # weight name → adapter key (modules_to_save etc.)
         self._index_keys()
 
@@ -100,7 +104,13 @@ class LoraAdapter:
                 # modules_to_save copies, and embedding layers saved whole beside their LoRA
                 self.replacements[_SAVED_COPY.sub(".", name).replace(".base_layer.", ".")] = key
         for module, found in parts.items():
-            self.modules[f"{module}.weight"] = self._lora_module(module, found)
+            stem, depth = strip_base_layers(module)
+            params = targeted(stem, self.settings.target_parameters)
+            if self.settings.target_parameters and (depth or (params and params != ["weight"])):
+                # a parameter wrapped whole (3-D experts): resolved against the base, which knows its shape
+                self.parameter_modules.setdefault(stem, {})[depth] = found
+            else:
+                self.modules[f"{module}.weight"] = self._lora_module(module, found)
 
     def _lora_module(self, module: str, found: dict[str, str]) -> LoraModule:
         embedding = "lora_embedding_A" in found
@@ -123,6 +133,27 @@ class LoraAdapter:
             module=module, a_key=a_key, b_key=b_key, scaling=scaling, rank=r, embedding=embedding,
             fan_in_fan_out=settings.fan_in_fan_out and not embedding, magnitude_key=magnitude,
         )
+
+    def adopt_linear_modules(self, in_base) -> None:
+        """target_parameters names parameters by their ends (`down_proj`), so a module like
+        `q_proj` can look targeted by name alone; where the base has the module's weight and none of
+        those parameters, its LoRA is an ordinary module's."""
+        for module, by_depth in list(self.parameter_modules.items()):
+            params = targeted(module, self.settings.target_parameters)
+            if list(by_depth) == [0] and in_base(f"{module}.weight") \
+                    and not any(in_base(f"{module}.{p}") for p in params if p != "weight"):
+                self.modules[f"{module}.weight"] = self._lora_module(module, by_depth[0])
+                del self.parameter_modules[module]
+
+    def parameter_rank(self, parameter: str) -> int:
+        settings = self.settings
+        return _pattern_value(settings.rank_pattern, parameter, settings.r, self.config_file, "rank_pattern")
+
+    def parameter_scaling(self, parameter: str) -> float:
+        settings, file = self.settings, self.config_file
+        r = self.parameter_rank(parameter)
+        alpha = _pattern_value(settings.alpha_pattern, parameter, settings.alpha, file, "alpha_pattern")
+        return alpha / math.sqrt(r) if settings.use_rslora else alpha / r
 
     def check_fits(self, module: LoraModule, base_shape: tuple[int, ...]) -> None:
         """Refuse an adapter made for another base before any tensor is read."""
@@ -193,6 +224,7 @@ class LoraSettings:
     use_dora: bool
     init: str  # init_lora_weights, lower case ("true", "pissa", …)
     base: str | None
+    target_parameters: tuple[str, ...] = ()  # parameters wrapped whole (3-D experts), not modules
 
     @classmethod
     def of(cls, config: dict, file: Path) -> LoraSettings:
@@ -210,8 +242,12 @@ class LoraSettings:
             raise CheckpointError(file, f"init_lora_weights must be true, false or a method name, not {init!r}")
         base = config.get("base_model_name_or_path")
         base = None if base in (None, "") else text(base, file, "base_model_name_or_path", CheckpointError)
+        targets = config.get("target_parameters") or []
+        if not isinstance(targets, list):
+            raise CheckpointError(file, "target_parameters must be a list of parameter names")
+        targets = tuple(text(t, file, "a target_parameters entry", CheckpointError) for t in targets)
         return cls(r=r, alpha=alpha, rank_pattern=ranks, alpha_pattern=alphas, init=str(init).lower(), base=base,
-                   **flags)
+                   target_parameters=targets, **flags)
 
 
 def _patterns(config: dict, field: str, file: Path, check) -> dict:
@@ -236,6 +272,7 @@ class AdaptedModel:
         by_norm = {normalise(n): n for n in base.names()}
         self._modules: dict[str, LoraModule] = {}
         self._replaced: dict[str, str] = {}
+        adapter.adopt_linear_modules(lambda name: normalise(name) in by_norm)
         for weight_name, module in adapter.modules.items():
             base_name = by_norm.get(normalise(weight_name))
             if base_name is None:
@@ -249,6 +286,10 @@ class AdaptedModel:
         for weight_name, key in adapter.replacements.items():
             base_name = by_norm.get(normalise(weight_name), weight_name)
             self._replaced[base_name] = key
+        self._params = ParamLoraSet(adapter.store, adapter.store.path)  # target_parameters: experts
+        for module, by_depth in adapter.parameter_modules.items():
+            params = targeted(module, adapter.settings.target_parameters)
+            self._params.resolve(module, by_depth, params, base, adapter.parameter_rank, adapter.parameter_scaling)
 
     @property
     def label(self) -> str:
@@ -277,8 +318,15 @@ class AdaptedModel:
     def warnings(self) -> list[str]:
         return self.adapter.warnings()
 
-    def refittable(self) -> LoraAdapter:
-        return self.adapter
+    def refittable(self) -> LoraAdapter | None:
+        """The adapter, unless it wraps parameters whole (experts): those are written merged."""
+        return None if self._params else self.adapter
+
+    def experts(self) -> ExpertIndex:
+        return self.base.experts()
+
+    def unreadable(self, name: str) -> str | None:
+        return None if name in self._replaced else self.base.unreadable(name)
 
     def names(self) -> list[str]:
         extra = [n for n in self._replaced if n not in self.base]
@@ -293,16 +341,31 @@ class AdaptedModel:
         return self.base.shape(name)
 
     def changes(self, name: str) -> bool:
-        return name in self._modules or name in self._replaced
+        params = self._params
+        return (name in self._modules or name in self._replaced or name in params.parts or name in params.params
+                or name in params.two_d)
 
     def load(self, name: str) -> torch.Tensor:
-        """A saved replacement stands in for the base weight; LoRA, if any, applies on top (as PEFT loads)."""
+        """A saved replacement stands in for the base weight; LoRA, if any, applies on top (as PEFT loads).
+        An expert's matrix (out, in) gets its expert's ΔW; a parameter wrapped whole, every expert's."""
+        params = self._params
+        if name in params.parts:
+            b, a = params.factors(name)
+            return self.base.load(name).float() + b @ a
+        if name in params.params or name in params.two_d:
+            return params.merged_parameter(name, self.base.load(name))
         replaced = name in self._replaced
         w = self.adapter.store.load(self._replaced[name]) if replaced else self.base.load(name)
         return self.adapter.merge(self._modules[name], w) if name in self._modules else w
 
     def delta_factors(self, spec: MatrixSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
         """ΔW = B @ A in scan orientation for plain LoRA (not DoRA), so its spectrum costs O(r²)."""
+        if spec.name in self._params.parts:
+            return self._params.factors(spec.name)
+        if spec.name in self._params.two_d and not spec.transposed:
+            lora = self._params.two_d[spec.name]
+            a, b = self.adapter.store.load(lora.a_key).float(), self.adapter.store.load(lora.b_key).float()
+            return lora.scaling * b, a
         module = self._modules.get(spec.name)
         if module is None or module.magnitude_key is not None or spec.name in self._replaced:
             return None

@@ -48,7 +48,8 @@ class Comparison:
         """Every base matrix that at least one (of the given) tuned models changes, in checkpoint order."""
         chosen = self.tuned if models is None else [self.tuned[i] for i in models]
         wanted = {spec.name for model in chosen for spec in model.pairing.matrices}
-        return [name for name in self.base.names() if name in wanted]
+        expanded = self.base.experts().expanded(self.base.names())  # 3-D experts: their matrices in their place
+        return [name for _, name in expanded if name in wanted]
 
     def add(self, path: Path, include_embeddings: bool = False) -> int:
         """Open one more tuned model against the same base; returns its index."""
@@ -140,7 +141,7 @@ def open_comparison(base: str | None, tuned: list[str], include_embeddings: bool
     if is_adapter_dir(base_path):
         raise CheckpointError(base_path, "is a PEFT adapter; BASE must be a full checkpoint")
     base_store = open_store(base_path)
-    models, warnings = [], []
+    models, warnings = [], list(base_store.warnings())  # a quantized base: its noise is in every ΔW
     for i, (path, label) in enumerate(zip(tuned_paths, _labels(tuned_paths))):
         source = first_adapter.weights(base_store) if i == 0 and first_adapter else open_model(path, base_store)
         warnings += source.warnings()

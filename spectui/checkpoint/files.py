@@ -10,10 +10,13 @@ from __future__ import annotations
 import math
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spectui.checkpoint.experts import ExpertIndex, index_experts
+from spectui.checkpoint.quantized import QuantIndex, dequantize, dequantize_expert, index_quantized
 from spectui.errors import FileInputError, one_line
 from spectui.validate import is_int, json_object, parse_json, regular_file, text
 
@@ -22,8 +25,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays 
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-_ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+               "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
 
 
 class CheckpointError(FileInputError):
@@ -62,20 +65,68 @@ class TensorStore:
         return self.path.name
 
     def names(self) -> list[str]:
-        return list(self._infos)
+        """The checkpoint's tensors (MXFP4 experts under the parameter they stand for)."""
+        return list(self._infos) + self.quant.extra_names
 
     def __contains__(self, name: str) -> bool:
-        return name in self._infos
+        return name in self._infos or name in self.quant.weights or name in self.experts()
 
     def info(self, name: str) -> TensorInfo:
         return self._infos[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._infos[name].shape
+        """A tensor's shape; a quantized weight's own (not its packed storage's); an expert
+        matrix's (out, in)."""
+        if name in self.quant.weights:
+            return self.quant.weights[name].shape
+        part = self.experts().get(name)
+        return part.shape if part is not None else self._infos[name].shape
+
+    # -- what is inside: quantized weights, 3-D experts --------------------------------------------
+    @cached_property
+    def quant(self) -> QuantIndex:
+        """Weights stored quantized, and every tensor that is not a float weight (headers, and
+        bitsandbytes' small JSON states)."""
+        return index_quantized(self._infos, self._load_stored, self.config)
+
+    def experts(self) -> ExpertIndex:
+        """The expert matrices inside 3-D expert tensors, by the names they are scanned under."""
+        return self._experts
+
+    @cached_property
+    def _experts(self) -> ExpertIndex:
+        quant = self.quant.weights
+
+        def shape(name: str) -> tuple[int, ...]:
+            return quant[name].shape if name in quant else self._infos[name].shape
+
+        def dtype(name: str) -> str:
+            return "F32" if name in quant else self._infos[name].dtype
+
+        return index_experts(self.names(), shape, dtype, self.config)
+
+    def unreadable(self, name: str) -> str | None:
+        """Why a tensor cannot be read as a float weight (quantization state, an int tensor, a weight
+        quantized in a way that cannot be read back), or None."""
+        quantized = self.quant.weights.get(name)
+        if quantized is not None:
+            return quantized.problem
+        return self.quant.reasons.get(name) or self.experts().problems.get(name)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.quant.kinds)
+
+    @property
+    def quantization(self) -> str:
+        return ", ".join(self.quant.kinds)
 
     # -- as a WeightSource: a full checkpoint is its own layout, and any tensor may have changed --
-    description = "full checkpoint"
     is_adapter = False
+
+    @property
+    def description(self) -> str:
+        return f"full checkpoint ({self.quantization})" if self.quantized else "full checkpoint"
 
     @property
     def is_classifier(self) -> bool:
@@ -87,10 +138,13 @@ class TensorStore:
         return self
 
     def warnings(self) -> list[str]:
-        return []
+        if not self.quantized:
+            return []
+        return [f"{self.path}: weights stored quantized ({self.quantization}), read back dequantized: "
+                "quantization noise is part of every ΔW measured against an unquantized model"]
 
     def changes(self, name: str) -> bool:
-        return name in self._infos
+        return name in self
 
     def delta_factors(self, spec) -> None:
         return None
@@ -99,9 +153,21 @@ class TensorStore:
         return None
 
     def load(self, name: str) -> torch.Tensor:
-        """Read one tensor. safetensors bytes are read straight into the tensor (no memory map, so
+        """Read one tensor: a quantized weight dequantized; an expert matrix (out, in) from its
+        expert's bytes alone. safetensors bytes are read straight into the tensor (no memory map, so
         a scan's resident memory stays one matrix pair whatever the model's size); a `.bin` is
         memory-mapped, one file at a time."""
+        quantized = self.quant.weights.get(name)
+        if quantized is not None:
+            if quantized.problem:
+                raise CheckpointError(self.path, f"cannot read {name}: {quantized.problem}")
+            return dequantize(quantized, self._load_stored)
+        part = self.experts().get(name)
+        if part is not None:
+            return part.take(self._load_expert(part.stored, part.expert))
+        return self._load_stored(name)
+
+    def _load_stored(self, name: str) -> torch.Tensor:
         info = self._infos[name]
         if info.file.suffix == ".safetensors":
             return _read_safetensor(info)
@@ -110,6 +176,24 @@ class TensorStore:
                 self._bin = _torch_load(info.file)
                 self._open_file = info.file
             return self._bin[name].clone()
+
+    def _load_expert(self, name: str, expert: int) -> torch.Tensor:
+        """One expert's slab of a 3-D tensor as stored; only its bytes are read from a safetensors file."""
+        quantized = self.quant.weights.get(name)
+        if quantized is not None:
+            if quantized.problem:
+                raise CheckpointError(self.path, f"cannot read {name}: {quantized.problem}")
+            if quantized.experts:
+                return dequantize_expert(quantized, self._read_expert, expert)
+            return dequantize(quantized, self._load_stored)[expert]
+        return self._read_expert(name, expert)
+
+    def _read_expert(self, name: str, expert: int) -> torch.Tensor:
+        info = self._infos[name]
+        if info.file.suffix != ".safetensors":
+            return self._load_stored(name)[expert]
+        slab = info.nbytes // info.shape[0]
+        return _read_safetensor(replace(info, offset=info.offset + expert * slab, nbytes=slab, shape=info.shape[1:]))
 
 
 def _read_safetensor(info: TensorInfo) -> torch.Tensor:
@@ -124,7 +208,7 @@ def _read_safetensor(info: TensorInfo) -> torch.Tensor:
         raise CheckpointError(info.file, f"cannot be read ({err.strerror})") from err
     if got != info.nbytes:
         raise CheckpointError(info.file, f"is truncated: tensor {info.name} lies past the end of the file")
-    dtype = _torch_dtype(info.dtype)
+    dtype = _torch_dtype(info.dtype) or torch.uint8  # F8_E8M0 on a torch without it: its bytes
     if not info.shape:
         return buffer.view(dtype).reshape(())
     return buffer.view(dtype).reshape(info.shape)
@@ -134,8 +218,16 @@ def _read_infos(file: Path) -> list[TensorInfo]:
     if file.suffix == ".safetensors":
         return _safetensors_infos(file)
     state = _torch_load(file)
-    return [TensorInfo(text(k, file, "a tensor name", CheckpointError), tuple(v.shape),
-                       str(v.dtype).removeprefix("torch."), file) for k, v in state.items()]
+    return [TensorInfo(text(k, file, "a tensor name", CheckpointError), tuple(v.shape), _dtype_name(v.dtype), file,
+                       nbytes=v.numel() * v.element_size()) for k, v in state.items()]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype by the name safetensors gives it (F32, BF16, I8, …), so both formats read alike."""
+    for name in _ITEM_SIZES:
+        if _torch_dtype(name) == dtype:
+            return name
+    return str(dtype).removeprefix("torch.")
 
 
 MAX_HEADER_BYTES = 100 << 20  # the safetensors format's own limit
@@ -305,5 +397,7 @@ def _torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-            "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}[name]
+            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U64": torch.uint64,
+            "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8, "BOOL": torch.bool,
+            "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+            "F8_E8M0": getattr(torch, "float8_e8m0fnu", None)}[name]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectui.checkpoint.experts import ExpertIndex
 from spectui.checkpoint.files import CheckpointError, TensorStore
 from spectui.checkpoint.lowrank import LowRankDelta, LowRankModel
 from spectui.checkpoint.rope import check_rows, head_counts, unpermute_rows
@@ -488,6 +489,13 @@ class GgufStore:
 
     def changes(self, name: str) -> bool:
         return name in self._tensors
+
+    def experts(self) -> ExpertIndex:
+        """None are split: llama.cpp's expert tensors (ffn_*_exps) keep their GGUF names."""
+        return ExpertIndex()
+
+    def unreadable(self, name: str) -> str | None:
+        return None
 
     def delta_factors(self, spec) -> None:
         return None

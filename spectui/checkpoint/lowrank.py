@@ -18,6 +18,7 @@ from spectui.checkpoint.names import MatrixSpec, normalise
 if TYPE_CHECKING:
     import torch
 
+    from spectui.checkpoint.experts import ExpertIndex
     from spectui.checkpoint.files import TensorStore
 
 
@@ -98,6 +99,12 @@ class LowRankModel:
 
     def changes(self, name: str) -> bool:
         return name in self.deltas
+
+    def experts(self) -> ExpertIndex:
+        return self.base.experts()
+
+    def unreadable(self, name: str) -> str | None:
+        return self.base.unreadable(name)
 
     def load(self, name: str) -> torch.Tensor:
         w = self.base.load(name)

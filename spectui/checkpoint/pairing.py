@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
     import torch
 
+from spectui.checkpoint.experts import expert_of
 from spectui.checkpoint.files import CheckpointError, TensorStore
-from spectui.checkpoint.names import LAYER, MatrixSpec, layer_and_module, normalise
+from spectui.checkpoint.names import LAYER, MatrixSpec, layer_and_module, pair_key
 from spectui.checkpoint.source import WeightSource
 
 # Architectures whose linear layers are GPT-2 style Conv1D, stored as (in, out).
@@ -32,31 +33,44 @@ class Pairing:
 
 
 def pair(base: TensorStore, tuned: WeightSource, include_embeddings: bool = False) -> Pairing:
-    """Match every base tensor to its tuned counterpart; each one not scanned gets its reason."""
+    """Match every base tensor to its tuned counterpart; each one not scanned gets its reason. A 3-D
+    expert tensor is matched expert by expert (`experts.py`), with either layout on either side."""
     conv1d = str(base.config.get("model_type", "")) in CONV1D_MODEL_TYPES
     vocab = base.config.get("vocab_size")
-    tuned_by_norm = {normalise(n): n for n in tuned.names()}
+    base_experts, tuned_experts = base.experts(), tuned.experts()
+    tuned_by_norm: dict[str, str] = {}
+    for tuned_name in [*tuned.names(), *tuned_experts.parts]:  # a stored tensor wins over an expert part
+        tuned_by_norm.setdefault(pair_key(tuned_name), tuned_name)
     result = Pairing()
     seen_tuned = set()
-    for name in base.names():
-        tuned_name = tuned_by_norm.get(normalise(name))
+
+    def counterpart(name: str) -> str | None:
+        tuned_name = tuned_by_norm.get(pair_key(name))
         if tuned_name is not None:
-            seen_tuned.add(tuned_name)
+            part = tuned_experts.get(tuned_name)
+            seen_tuned.add(part.stored if part is not None else tuned_name)
+        return tuned_name
+
+    for stored, name in base_experts.expanded(base.names()):
+        part = name != stored
+        if part:
+            counterpart(stored)  # the same 3-D tensor in the tuned model: its parts pair below
+        tuned_name = counterpart(name)
         reason = _skip_reason(base, tuned, name, tuned_name, include_embeddings, vocab)
         if reason:
             result.skipped.append(Skipped(name, reason))
             continue
         role = _role(name, base.shape(name), vocab)
-        transposed = conv1d and role == "linear"
+        transposed = conv1d and role == "linear" and not part  # expert parts read as (out, in)
         rows, cols = base.shape(name)
         layer, module = layer_and_module(name)
         result.matrices.append(MatrixSpec(
             name=name, tuned_name=tuned_name, shape=(cols, rows) if transposed else (rows, cols),
-            role=role, transposed=transposed, layer=layer, module=module,
+            role=role, transposed=transposed, layer=layer, module=module, expert=expert_of(name)[0],
         ))
     for tuned_name in tuned.names():
         if tuned_name not in seen_tuned:
-            result.skipped.append(Skipped(tuned_name, "only in tuned"))
+            result.skipped.append(Skipped(tuned_name, tuned.unreadable(tuned_name) or "only in tuned"))
     if not seen_tuned:
         raise CheckpointError(
             tuned.path, f"shares no tensor name with the base {base.path}; are they the same architecture?"
@@ -66,6 +80,9 @@ def pair(base: TensorStore, tuned: WeightSource, include_embeddings: bool = Fals
 
 def _skip_reason(base, tuned, name, tuned_name, include_embeddings, vocab) -> str | None:
     shape = base.shape(name)
+    unreadable = base.unreadable(name) or (tuned.unreadable(tuned_name) if tuned_name is not None else None)
+    if unreadable:  # what it is (a quantization state, …) says more than where it is missing
+        return unreadable
     if tuned_name is None:
         return "not in tuned"
     if len(shape) != 2:

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import torch
 
     from spectui.checkpoint.adapters import LoraAdapter
+    from spectui.checkpoint.experts import ExpertIndex
     from spectui.checkpoint.files import TensorStore
     from spectui.checkpoint.names import MatrixSpec
 
@@ -56,6 +57,14 @@ class WeightSource(Protocol):
 
     def changes(self, name: str) -> bool:
         """Whether the tensor may differ from the layout's (always, for a full checkpoint's own)."""
+
+    def experts(self) -> ExpertIndex:
+        """The expert matrices inside 3-D expert tensors, by the names they are scanned under:
+        `shape`, `load` and `changes` take those names too (matrices in (out, in) orientation)."""
+
+    def unreadable(self, name: str) -> str | None:
+        """Why a tensor cannot be read as a float weight (a quantization state, an int tensor, a
+        quantized weight that cannot be read back), or None."""
 
     def delta_factors(self, spec: MatrixSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(B, A) with ΔW = B @ A in scan orientation, when the kind stores ΔW as low-rank factors."""

@@ -19,7 +19,7 @@ import torch
 
 from spectui import atomic
 from spectui.checkpoint.adapters import ADAPTER_CONFIG, LoraAdapter, LoraModule
-from spectui.checkpoint.files import BIN_INDEX, SAFETENSORS_INDEX, TensorStore
+from spectui.checkpoint.files import BIN_INDEX, SAFETENSORS_INDEX, CheckpointError, TensorStore
 
 # Another copy of the weights beside the ones rewritten would still hold the old model.
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"}
@@ -29,7 +29,12 @@ NewTensor = Callable[[str], torch.Tensor]
 
 def write_checkpoint(store: TensorStore, out: Path, changed: Collection[str], new_tensor: NewTensor) -> None:
     """`store` re-written as `out` with the `changed` tensors replaced by `new_tensor(name)` (cast
-    to each tensor's stored dtype); a file without a changed tensor is copied byte for byte."""
+    to each tensor's stored dtype); a file without a changed tensor is copied byte for byte. An
+    expert matrix's name (`store.experts()`) replaces that expert's part of its 3-D tensor."""
+    if getattr(store, "quantized", False):
+        raise CheckpointError(store.path, f"stores its weights quantized ({store.quantization}), and spectui "
+                                          "writes only float checkpoints; dequantize the model to write a changed "
+                                          "copy")
     with atomic.directory(out, replace=True) as tmp:
         _write_store(store, tmp, changed, new_tensor)
 
@@ -65,16 +70,27 @@ def _adapter_config(adapter: LoraAdapter, ranks: Mapping[LoraModule, int], out: 
 
 def _write_store(store: TensorStore, out: Path, changed: Collection[str], new_tensor: NewTensor,
                  skip: Collection[str] = ()) -> None:
+    experts, stored = store.experts(), set(store.names())
+    parts: dict[str, list[str]] = {}  # 3-D tensor → its changed expert matrices
+    for name in changed:
+        if (part := experts.get(name)) is not None and name not in stored:
+            parts.setdefault(part.stored, []).append(name)
     files = list(dict.fromkeys(store.info(name).file for name in store.names()))
     for file in files:
         names = [n for n in store.names() if store.info(n).file == file]
-        if not any(n in changed for n in names):
+        if not any(n in changed or n in parts for n in names):
             shutil.copyfile(file, out / file.name)
             continue
         tensors = {}
         for name in names:
             original = store.load(name)
-            tensors[name] = new_tensor(name).to(original.dtype).contiguous() if name in changed else original
+            tensor = new_tensor(name).to(original.dtype).contiguous() if name in changed else original
+            if name in parts:
+                tensor = tensor.clone()
+                for part_name in parts[name]:
+                    part = experts.get(part_name)
+                    part.put(tensor[part.expert], new_tensor(part_name))
+            tensors[name] = tensor
         _save(tensors, file, out / file.name)
     if store.path.is_dir():
         index = SAFETENSORS_INDEX if files[0].suffix == ".safetensors" else BIN_INDEX

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays instant
     import torch
 
+    from spectui.checkpoint.experts import ExpertIndex
+
 from spectui.checkpoint.adapters import ADAPTER_CONFIG, PEFT_PREFIX
 from spectui.checkpoint.files import CheckpointError, TensorStore, weight_files
 from spectui.checkpoint.names import MatrixSpec, normalise
@@ -230,6 +232,12 @@ class TunerWeights:
 
     def changes(self, name: str) -> bool:
         return name in self._plans or name in self._replaced or name in self._biases
+
+    def experts(self) -> ExpertIndex:
+        return self.base.experts()
+
+    def unreadable(self, name: str) -> str | None:
+        return None if name in self._replaced else self.base.unreadable(name)
 
     def load(self, name: str) -> torch.Tensor:
         """A saved replacement stands in for the base weight; the adapter, if any, applies on top."""
