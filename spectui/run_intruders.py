@@ -120,7 +120,7 @@ def scan_new_checkpoints(run: Run, cache: Cache, stop: threading.Event | None = 
 
     Raises InputError when the run's spec, base or a checkpoint cannot be read."""
     stop = stop or threading.Event()
-    base = run.spec().base
+    base = run.starting_model()  # a later stage of a sequence trains on the previous stage's model
     added = []
     for step, model_dir in pending(run):
         scan = _scan(base, model_dir, cache, stop, device, workers)

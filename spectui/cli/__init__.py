@@ -18,7 +18,7 @@ from spectui.errors import InputError, log_internal_error, one_line, printable
 # command → module of this package (the inspector itself is `tui`)
 COMMANDS = {"scan": "scan", "report": "report", "mitigate": "mitigate", "probe": "probe",
             "train": "train", "runs": "train", "cache": "cache",
-            "verify-merge": "verify_merge"}
+            "verify-merge": "verify_merge", "study": "study"}
 
 
 def build_command_parser() -> argparse.ArgumentParser:

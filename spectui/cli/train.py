@@ -1,4 +1,5 @@
 """`spectui train` and `spectui runs`: launch fine-tuning runs headless; list, cancel, resume.
+`spectui train --sequence t1,t2,…` trains the files in order as stages (spectui.cli.study).
 
 Exit codes: 0 done, 1 the run failed or was cancelled, 2 bad input.
 """
@@ -12,6 +13,7 @@ from contextlib import suppress
 from dataclasses import fields
 from subprocess import Popen
 
+from spectui.errors import UsageError
 from spectui.finetune.data import load_splits
 from spectui.finetune.runs import LIVE, Run, RunError, State, create_run, find_run, list_runs
 from spectui.finetune.spec import RunSpec, SpecError, field_kind, flag_name, load_spec
@@ -43,10 +45,26 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
             metavar = spec_field.metadata.get("metavar", spec_field.name.upper())
             options.update(type=kind, choices=choices, metavar=None if choices else metavar)
         parser.add_argument(flag_name(spec_field.name), **options)
+    sequence = parser.add_argument_group(
+        "sequential fine-tuning (the runs <name>-stage1…N, each from the previous stage's model)")
+    sequence.add_argument("--sequence", type=_files, metavar="F1,F2,…", default=argparse.SUPPRESS,
+                          help="train these data files in order, one stage each (instead of "
+                               "--data); after each stage, the loss on every task so far, the "
+                               "reference loss and the intruders against the original base")
+    sequence.add_argument("--reference", metavar="FILE", default=argparse.SUPPRESS,
+                          help="pre-training-like text whose loss measures forgetting (default "
+                               "for the bundled sample base: its data/reference.txt)")
     parser.add_argument("--detach", action="store_true",
                         help="start the run in the background, print its directory and return")
     _add_runs_dir(parser)
     parser.set_defaults(handler=train_command)
+
+
+def _files(value: str) -> list[str]:
+    files = [part.strip() for part in value.split(",") if part.strip()]
+    if not files:
+        raise argparse.ArgumentTypeError("give comma-separated data files")
+    return files
 
 
 def _add_runs_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -79,6 +97,13 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    if hasattr(args, "sequence"):
+        from spectui.cli.study import launch, sequence_spec
+
+        return launch(sequence_spec(args, args.sequence), detach=args.detach)
+    if hasattr(args, "reference"):
+        raise UsageError("--reference measures forgetting along a --sequence; for one run, use "
+                         "spectui probe")
     spec = spec_from_args(args)
     load_splits(spec)  # reads the data now, so a bad file is reported before any launch
     for warning in spec.warnings():

@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from spectui.errors import InputError, one_line
 from spectui.finetune.batches import IGNORE_INDEX, BatchStream, Features, collate, tokenize
 from spectui.finetune.checkpoints import restore, resume_point, save_checkpoint
 from spectui.finetune.data import Example, load_splits
+from spectui.finetune.merge import prepare_start
 from spectui.finetune.models import (
     build_model,
     load_tokenizer,
@@ -99,6 +100,11 @@ def train(run: Run) -> None:
     spec = run.spec()
     _check_device(spec)
     accelerator = Accelerator(cpu=spec.device == "cpu", mixed_precision=MIXED_PRECISION[spec.dtype])
+    if spec.start_from:  # the previous model, merged first when it is an adapter (once: rank 0)
+        if accelerator.is_main_process:
+            prepare_start(run)
+        accelerator.wait_for_everyone()
+        spec = replace(spec, base=run.starting_model())
     tokenizer = load_tokenizer(spec)
     train_set, eval_set = _datasets(spec, tokenizer)
     checkpoint = resume_point(run)

@@ -10,6 +10,10 @@
         checkpoints/    step-N/ directories, each complete (written aside, then renamed)
         output/         the final model, present only once complete (unless the spec sets `out`)
         pissa-init/     PiSSA's starting adapter, needed to convert the output to the original base
+        start/          with `start_from` naming an adapter: that adapter merged into its base, the
+                        model this run trains from (a full model named there is trained from as is)
+        merged/         such a run's adapter output merged into start/: the stage's whole model,
+                        written when a study compares it with the original base
 
 Nothing here imports torch (except to count GPUs at launch), so the TUI can poll runs cheaply.
 """
@@ -56,6 +60,8 @@ METRICS_LIMIT = 64 * 1024 * 1024
 _PID_LINE = re.compile(r"([1-9]\d{0,9}) (\d{1,20}|-)")
 _PID_MAX = 2**31 - 1
 _STEP_MAX = 10**15
+ADAPTER_CONFIG = "adapter_config.json"  # what makes a directory a PEFT adapter
+CHAIN_LIMIT = 1000  # runs started one from another's output: far more than any sequence
 _METRIC_NUMBERS = ("epoch", "eval_loss", "eval_accuracy", "lr", "grad_norm", "tokens_per_s",
                    "elapsed_s")
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -115,14 +121,20 @@ class Metrics:
     problem: str = ""  # the first damaged line, in one sentence naming the file
 
 
-class Run:
-    """One run directory; every read goes to disk, so a poller always sees the latest state."""
+class ProcessDir:
+    """A directory whose work is done by one detached process, which records its state there:
+    `status` (the state word, a message on the next lines), `pid` ("PID START") and `log.txt`.
+    A run is one; so is a study (spectui.finetune.study). Every read goes to disk, so a poller
+    always sees the latest state."""
+
+    kind = "run"  # how messages name it
+    interrupted_message = INTERRUPTED_MESSAGE
 
     def __init__(self, path: str | Path):
-        self.path = Path(path).absolute()  # the training process runs inside it
+        self.path = Path(path).absolute()  # the process runs inside it
 
     def __repr__(self) -> str:
-        return f"Run({str(self.path)!r})"
+        return f"{type(self).__name__}({str(self.path)!r})"
 
     @property
     def name(self) -> str:
@@ -131,6 +143,149 @@ class Run:
     @property
     def log_path(self) -> Path:
         return self.path / "log.txt"
+
+    def status(self) -> RunStatus:
+        """The recorded state, except that a live state whose process is gone reads interrupted.
+        Never raises: a status or pid file that cannot be read makes the state unknown, and so
+        does what `_check_live` finds wrong with a live one; the message says which file and why."""
+        try:
+            status = self._recorded_status()
+            if status.state in LIVE:
+                recorded = self._recorded_process()
+                if recorded and not _alive(*recorded):
+                    return RunStatus(State.INTERRUPTED, self.interrupted_message)
+                self._check_live()
+        except InputError as error:
+            return RunStatus(State.UNKNOWN, printable(str(error)))
+        return status
+
+    def _check_live(self) -> None:
+        """InputError when what following a live process needs cannot be read."""
+
+    def set_status(self, state: State, message: str = "") -> None:
+        write_text(self.path / "status", f"{state.value}\n{message}".rstrip() + "\n")
+
+    def log_tail(self, lines: int = 20) -> list[str]:
+        """The last lines of log.txt, read from the end so that a long log costs little."""
+        try:
+            with _open_read(self.log_path) as stream:
+                size = stream.seek(0, os.SEEK_END)
+                block = min(size, 200 * lines + 4096)
+                while True:
+                    stream.seek(size - block)
+                    data = stream.read()
+                    if block == size or data.count(b"\n") > lines:
+                        break
+                    block = min(size, 2 * block)
+        except (FileNotFoundError, RunError):
+            return []
+        return data.decode("utf-8", errors="replace").splitlines()[-lines:]
+
+    def log_since(self, offset: int) -> tuple[str, int]:
+        """Log text written after byte `offset`, and the offset to pass next time."""
+        try:
+            with _open_read(self.log_path) as stream:
+                stream.seek(offset)
+                data = stream.read()
+        except (FileNotFoundError, RunError):
+            return "", offset
+        return data.decode("utf-8", errors="replace"), offset + len(data)
+
+    def cancel(self) -> None:
+        """Ask the process to stop: SIGTERM to its process group; it records `cancelled`."""
+        pid = self._live_pid()
+        if pid is None:
+            raise RunError(f"{self.kind} {self.name} is not running")
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            raise RunError(f"{self.kind} {self.name} is not running") from None
+        except PermissionError:
+            raise RunError(f"{self.kind} {self.name}: not allowed to stop its process {pid}") from None
+
+    def _launch(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        """Start `command` in the directory in its own session, so that closing the terminal, the
+        TUI or the SSH connection does not stop it: its output to log.txt, the command line to
+        command.txt, its pid to `pid`. The caller may wait on the process or drop it."""
+        log = _open_append(self.log_path)  # first: a directory whose files cannot be written stays as it was
+        with log:
+            try:
+                with _open_append(self.path / "command.txt") as commands:
+                    commands.write((shlex.join(command) + "\n").encode())
+                (self.path / "pid").unlink(missing_ok=True)
+                self.set_status(State.QUEUED)
+            except OSError as error:
+                raise RunError(f"{self.kind} {self.name}: cannot write its files in {self.path} "
+                               f"({error.strerror or error})") from None
+            try:
+                process = subprocess.Popen(
+                    command, cwd=self.path, env=env, stdin=subprocess.DEVNULL,
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                )
+            except OSError as error:  # never left queued with no process behind it
+                message = f"could not start {command[0]}: {error.strerror or error}"
+                self.set_status(State.FAILED, message)
+                raise RunError(f"{self.kind} {self.name}: {message}") from error
+        try:  # atomically: a poller never reads half a pid file
+            write_text(self.path / "pid", f"{process.pid} {_process_start(process.pid) or '-'}\n")
+        except OSError as error:  # unrecorded, it could be neither watched nor cancelled
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            with contextlib.suppress(OSError):
+                self.set_status(State.FAILED, "its process could not be recorded")
+            raise RunError(f"{self.kind} {self.name}: cannot record its process in {self.path} "
+                           f"({error.strerror or error})") from None
+        return process
+
+    def _recorded_status(self) -> RunStatus:
+        """The status file: a state word, and a message on the next lines (none: queued)."""
+        path = self.path / "status"
+        data = _read_file(path, STATUS_LIMIT)
+        if data is None:
+            return RunStatus(State.QUEUED)
+        word, _, message = data.decode("utf-8", errors="replace").partition("\n")
+        try:
+            state = State(word.strip())
+        except ValueError:
+            raise RunError(f"{path}: {printable(word[:40], keep='')!r} is not a run state "
+                           f"(one of {', '.join(_RECORDED)})") from None
+        if state is State.UNKNOWN:
+            raise RunError(f"{path}: `unknown` is not a state a run records")
+        return RunStatus(state, printable(message.rstrip("\n")))
+
+    def _recorded_process(self) -> tuple[int, str] | None:
+        """The pid file: "PID START" (none: no process started yet); RunError if it is anything
+        else, since then whether the run's process lives cannot be told."""
+        path = self.path / "pid"
+        data = _read_file(path, PID_LIMIT)
+        if data is None:
+            return None
+        match = _PID_LINE.fullmatch(data.decode("ascii", errors="replace").strip())
+        if not match or int(match[1]) > _PID_MAX:
+            raise RunError(f"{path}: not a process id and start time, so whether the {self.kind} is "
+                           "still going cannot be told")
+        return int(match[1]), match[2]
+
+    def _live_pid(self) -> int | None:
+        """The process id if that very process (not a reuse of its pid) is alive."""
+        recorded = self._recorded_process()
+        return recorded[0] if recorded and _alive(*recorded) else None
+
+
+class Run(ProcessDir):
+    """One run directory; every read goes to disk, so a poller always sees the latest state."""
+
+    @property
+    def start_dir(self) -> Path:
+        """With `start_from` naming an adapter: the model training starts from, that adapter
+        merged into its own base (written by the runner before training)."""
+        return self.path / "start"
+
+    @property
+    def merged_dir(self) -> Path:
+        """An adapter run that started from another model: its output merged into its starting
+        model, the model to compare with the original base (written when asked for)."""
+        return self.path / "merged"
 
     @property
     def metrics_path(self) -> Path:
@@ -163,19 +318,43 @@ class Run:
         Never raises: a status or pid file that cannot be read makes the state unknown, and so
         does a spec.json that cannot be for a live run (a live run is followed: re-attached and
         its checkpoints scanned against its spec's base); the message says which file and why."""
-        try:
-            status = self._recorded_status()
-            if status.state in LIVE:
-                recorded = self._recorded_process()
-                if recorded and not _alive(*recorded):
-                    return RunStatus(State.INTERRUPTED, INTERRUPTED_MESSAGE)
-                self.spec()
-        except InputError as error:
-            return RunStatus(State.UNKNOWN, printable(str(error)))
-        return status
+        return super().status()
 
-    def set_status(self, state: State, message: str = "") -> None:
-        write_text(self.path / "status", f"{state.value}\n{message}".rstrip() + "\n")
+    def _check_live(self) -> None:
+        self.spec()
+
+    def previous_model(self, _seen: frozenset[Path] = frozenset()) -> tuple[Path, str] | None:
+        """With `start_from`: the model this run continues from, and the base that model applies
+        to when it is an adapter (a run's output applies to that run's own starting model; an
+        adapter directory given as a path, to this run's base). None without `start_from`.
+        RunError when the run named there is not done, its output is gone, or the runs before
+        it lead back to it."""
+        spec = self.spec()
+        if not spec.start_from:
+            return None
+        source = Path(spec.start_from)
+        if not (source / "spec.json").is_file():
+            return source, spec.base
+        previous = Run(source)
+        if previous.path in _seen or len(_seen) > CHAIN_LIMIT:
+            raise RunError(f"run {self.name}: the runs it starts from lead back to it")
+        status = previous.status()
+        if status.state is not State.DONE:
+            raise RunError(f"run {self.name} starts from run {previous.name}, which is "
+                           f"{status.state.value}, not done")
+        if not previous.output_dir.is_dir():
+            raise RunError(f"run {self.name} starts from run {previous.name}, whose output "
+                           f"{previous.output_dir} is gone")
+        return previous.output_dir, previous.starting_model(_seen | {self.path})
+
+    def starting_model(self, _seen: frozenset[Path] = frozenset()) -> str:
+        """The model training starts from: the spec's base, or with `start_from` the previous
+        model: a full model as it is, an adapter merged into its base first (`start_dir`)."""
+        previous = self.previous_model(_seen)
+        if previous is None:
+            return self.spec().base
+        model, _ = previous
+        return str(self.start_dir) if is_adapter_dir(model) else str(model)
 
     def metrics(self, since_line: int = 0) -> list[dict[str, Any]]:
         """Valid complete metrics lines from `since_line` on (a line still being written, and a
@@ -213,32 +392,6 @@ class Run:
         damaged lines with them."""
         kept = [row for row in self.metrics() if row["step"] <= step]
         write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
-
-    def log_tail(self, lines: int = 20) -> list[str]:
-        """The last lines of log.txt, read from the end so that a long log costs little."""
-        try:
-            with _open_read(self.log_path) as stream:
-                size = stream.seek(0, os.SEEK_END)
-                block = min(size, 200 * lines + 4096)
-                while True:
-                    stream.seek(size - block)
-                    data = stream.read()
-                    if block == size or data.count(b"\n") > lines:
-                        break
-                    block = min(size, 2 * block)
-        except (FileNotFoundError, RunError):
-            return []
-        return data.decode("utf-8", errors="replace").splitlines()[-lines:]
-
-    def log_since(self, offset: int) -> tuple[str, int]:
-        """Log text written after byte `offset`, and the offset to pass next time."""
-        try:
-            with _open_read(self.log_path) as stream:
-                stream.seek(offset)
-                data = stream.read()
-        except (FileNotFoundError, RunError):
-            return "", offset
-        return data.decode("utf-8", errors="replace"), offset + len(data)
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.checkpoints_dir / f"step-{step}"
@@ -283,49 +436,7 @@ class Run:
         """Start the training process in its own session, so that closing the terminal, the TUI
         or the SSH connection does not stop it; the caller may wait on the process or drop it."""
         spec = self.spec()
-        command = launch_command(spec, self.path, visible_gpu_count(spec))
-        env = _child_env(spec)
-        log = _open_append(self.log_path)  # first: a run whose files cannot be written stays as it was
-        with log:
-            try:
-                with _open_append(self.path / "command.txt") as commands:
-                    commands.write((shlex.join(command) + "\n").encode())
-                (self.path / "pid").unlink(missing_ok=True)
-                self.set_status(State.QUEUED)
-            except OSError as error:
-                raise RunError(f"run {self.name}: cannot write its files in {self.path} "
-                               f"({error.strerror or error})") from None
-            try:
-                process = subprocess.Popen(
-                    command, cwd=self.path, env=env, stdin=subprocess.DEVNULL,
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                )
-            except OSError as error:  # never left queued with no process behind it
-                message = f"could not start {command[0]}: {error.strerror or error}"
-                self.set_status(State.FAILED, message)
-                raise RunError(f"run {self.name}: {message}") from error
-        try:  # atomically: a poller never reads half a pid file
-            write_text(self.path / "pid", f"{process.pid} {_process_start(process.pid) or '-'}\n")
-        except OSError as error:  # unrecorded, it could be neither watched nor cancelled
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            with contextlib.suppress(OSError):
-                self.set_status(State.FAILED, "its process could not be recorded")
-            raise RunError(f"run {self.name}: cannot record its process in {self.path} "
-                           f"({error.strerror or error})") from None
-        return process
-
-    def cancel(self) -> None:
-        """Ask the run to stop: SIGTERM to its process group; the runner records `cancelled`."""
-        pid = self._live_pid()
-        if pid is None:
-            raise RunError(f"run {self.name} is not running")
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            raise RunError(f"run {self.name} is not running") from None
-        except PermissionError:
-            raise RunError(f"run {self.name}: not allowed to stop its process {pid}") from None
+        return self._launch(launch_command(spec, self.path, visible_gpu_count(spec)), _child_env(spec))
 
     def resume(self) -> subprocess.Popen:
         """Start the run again; the runner continues from its last checkpoint."""
@@ -337,40 +448,6 @@ class Run:
         if status.state is State.UNKNOWN:
             raise RunError(f"run {self.name} cannot be resumed: {status.message}")
         return self.start()
-
-    def _recorded_status(self) -> RunStatus:
-        """The status file: a state word, and a message on the next lines (none: queued)."""
-        path = self.path / "status"
-        data = _read_file(path, STATUS_LIMIT)
-        if data is None:
-            return RunStatus(State.QUEUED)
-        word, _, message = data.decode("utf-8", errors="replace").partition("\n")
-        try:
-            state = State(word.strip())
-        except ValueError:
-            raise RunError(f"{path}: {printable(word[:40], keep='')!r} is not a run state "
-                           f"(one of {', '.join(_RECORDED)})") from None
-        if state is State.UNKNOWN:
-            raise RunError(f"{path}: `unknown` is not a state a run records")
-        return RunStatus(state, printable(message.rstrip("\n")))
-
-    def _recorded_process(self) -> tuple[int, str] | None:
-        """The pid file: "PID START" (none: no process started yet); RunError if it is anything
-        else, since then whether the run's process lives cannot be told."""
-        path = self.path / "pid"
-        data = _read_file(path, PID_LIMIT)
-        if data is None:
-            return None
-        match = _PID_LINE.fullmatch(data.decode("ascii", errors="replace").strip())
-        if not match or int(match[1]) > _PID_MAX:
-            raise RunError(f"{path}: not a process id and start time, so whether the run is "
-                           "still going cannot be told")
-        return int(match[1]), match[2]
-
-    def _live_pid(self) -> int | None:
-        """The run's process id if that very process (not a reuse of its pid) is alive."""
-        recorded = self._recorded_process()
-        return recorded[0] if recorded and _alive(*recorded) else None
 
 
 _RECORDED = [state.value for state in State if state is not State.UNKNOWN]
@@ -412,19 +489,54 @@ def checked_runs_dir(root: str | Path | None = None, create: bool = False) -> Pa
 
 
 def create_run(spec: RunSpec, root: str | Path | None = None) -> Run:
-    """A new run directory holding the resolved spec, queued but not started."""
+    """A new run directory holding the resolved spec, queued but not started (`start_from` made
+    the absolute directory it names: `resolve_start`)."""
     if spec.name:
         check_run_name(spec.name)
     parent = checked_runs_dir(root, create=True)
+    start_from = resolve_start(spec, parent)
     path = _new_run_dir(parent, spec)
     run = Run(path)
     try:
-        save_spec(replace(spec.resolved(), name=path.name), path / "spec.json")
+        save_spec(replace(spec.resolved(), name=path.name, start_from=start_from), path / "spec.json")
         run.set_status(State.QUEUED)
     except OSError as error:
         shutil.rmtree(path, ignore_errors=True)
         raise RunError(f"{path}: cannot write the run's files ({error.strerror or error})") from None
     return run
+
+
+def resolve_start(spec: RunSpec, root: str | Path | None = None) -> str | None:
+    """The spec's `start_from` as an absolute directory: a run of the runs directory when it is a
+    plain name one is called (the previous stage of a sequence), else a model or adapter
+    directory, or a run directory given by its path. RunError when it names neither, or a run
+    trained from another base (its intruders are counted against this spec's base)."""
+    start = spec.start_from
+    if not start:
+        return None
+    parent = checked_runs_dir(root)
+    if name_error(start) is None and (parent / start / "spec.json").is_file():
+        path = find_run(start, parent).path
+    else:
+        path = Path(start).expanduser()
+        if not path.is_dir():
+            raise RunError(f"start_from {start}: neither a run in {parent} nor a model directory")
+        path = path.resolve()
+    if (path / "spec.json").is_file():
+        try:
+            previous_base = Run(path).spec().base
+        except SpecError as error:
+            raise RunError(f"start_from {start}: {error}") from None
+        if _same_model(previous_base) != _same_model(spec.base):
+            raise RunError(f"start_from {start}: that run was trained from base {previous_base}, "
+                           f"not {spec.base}")
+    return str(path)
+
+
+def _same_model(base: str) -> str:
+    """A base as compared between runs: a local directory resolved, a hub id as written."""
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.exists() else base
 
 
 def list_runs(root: str | Path | None = None, strict: bool = False) -> list[Run]:
@@ -524,6 +636,11 @@ def _new_run_dir(parent: Path, spec: RunSpec) -> Path:
     raise RunError(f"too many runs named {stem} in {parent}")
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether a model directory holds a PEFT adapter (else it is a full model)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
 def _inside(parent: Path, path: Path) -> bool:
     """Whether `path`, links resolved, is an entry of `parent`, links resolved."""
     return path.resolve().parent == parent.resolve()
@@ -596,13 +713,19 @@ def _finite(value: object) -> bool:
         return False
 
 
-def _child_env(spec: RunSpec) -> dict[str, str]:
-    """The training process's environment: unbuffered logs, this spectui importable, nothing
-    fetched from the network (Hugging Face offline: the base is local or already cached), and a
-    pinned GPU (cuda:N) made the only visible one."""
+def process_env() -> dict[str, str]:
+    """A detached process's environment: unbuffered logs, this spectui importable, nothing
+    fetched from the network (Hugging Face offline: the base is local or already cached)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **OFFLINE_ENV)
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
+def _child_env(spec: RunSpec) -> dict[str, str]:
+    """The training process's environment: `process_env`, and a pinned GPU (cuda:N) made the
+    only visible one."""
+    env = process_env()
     if spec.device.startswith("cuda:"):
         index = int(spec.device.split(":")[1])
         visible = env.get("CUDA_VISIBLE_DEVICES")

@@ -90,6 +90,9 @@ class RunSpec:
     name: str | None = _field(None, "run name (default: method, rank and time)")
     out: str | None = _field(None, "directory for the final model (default: <run>/output)",
                              metavar="DIR")
+    start_from: str | None = _field(None, "continue from another run's output (its name) or a "
+                                          "model or adapter directory; an adapter is merged into "
+                                          "its base first, a full model trained on", metavar="RUN")
 
     @property
     def uses_adapter(self) -> bool:
@@ -152,6 +155,7 @@ class RunSpec:
             if on_disk else None,
             "name": None if self.name is None else name_error(self.name),
             "out": _existing_output_error(self.out) if on_disk else None,
+            "start_from": _start_error(self.start_from, on_disk),
         }
         return {name: message for name, message in checks.items() if message}
 
@@ -178,6 +182,7 @@ class RunSpec:
             eval_file=_absolute(self.eval_file),
             accelerate_config=_absolute(self.accelerate_config),
             out=_absolute(self.out),
+            start_from=self.start_from if _is_run_name(self.start_from) else _absolute(self.start_from),
         )
 
 
@@ -337,6 +342,23 @@ def _targets_error(targets: str) -> str | None:
 def _missing_file_error(what: str, path: str | None) -> str | None:
     return None if path is None or Path(path).expanduser().is_file() else (
         f"{what} file {path} does not exist")
+
+
+def _is_run_name(start: str | None) -> bool:
+    """Whether `start_from` reads as a run's name (a plain name) rather than a path."""
+    return bool(start) and name_error(start) is None and not start.startswith(".")
+
+
+def _start_error(start: str | None, on_disk: bool) -> str | None:
+    """A plain name is a run's (looked up in the runs directory when the run is created); anything
+    else is a path, to a directory."""
+    if start is None or _is_run_name(start):
+        return None
+    if not start.strip() or not start.isprintable():
+        return "start_from must name a run or a model directory"
+    if on_disk and not Path(start).expanduser().is_dir():
+        return f"start_from {start} is neither a run's name nor a directory"
+    return None
 
 
 def _existing_output_error(out: str | None) -> str | None:

@@ -1,0 +1,282 @@
+"""`spectui study`: the paper's rank study (LoRA at several ranks, and full fine-tuning, on the same
+data) or a sequence of tasks, trained as runs, probed and scanned, with one table of results.
+
+Exit codes: 0 every member done and measured, 1 a member failed or the study was cancelled (the
+others' results are printed all the same), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import types
+import typing
+from contextlib import suppress
+from dataclasses import fields, replace
+from typing import IO, Any
+
+from spectui.finetune.runs import RunError, State
+from spectui.finetune.spec import RunSpec, field_kind, flag_name, load_spec
+from spectui.finetune.study import (
+    RUN_FIELDS,
+    Study,
+    StudyError,
+    StudySpec,
+    load_study_spec,
+    open_study,
+    parse_alpha,
+    saved_name,
+)
+
+POLL_S = 0.5
+_LIST_WORDS = {int: "whole numbers", float: "numbers", str: "file names"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study", help="train LoRA at several ranks and full fine-tuning (or a task sequence), "
+                      "then probe and scan each: one table",
+        description="A study: LoRA at each rank (and learning rate) and full fine-tuning on the "
+                    "same data, or on tasks in sequence, each a run in the runs directory; then "
+                    "the task and reference losses and the intruders of each. Flags override the "
+                    "spec file. The study keeps going if the terminal closes; Ctrl-C cancels it, "
+                    "and running it again goes on where it stopped.")
+    parser.add_argument("spec", nargs="?", help="study spec file (.toml or .json), e.g. the "
+                                                "study.json a study saved")
+    for spec_field in fields(StudySpec):
+        if spec_field.name != "run":
+            parser.add_argument(flag_name(spec_field.name), **_options(spec_field.name,
+                                                                       spec_field.metadata))
+    shared = parser.add_argument_group("run settings of every member (as `spectui train`'s)")
+    run_fields = {f.name: f for f in fields(RunSpec)}
+    for name in RUN_FIELDS:
+        metadata = run_fields[name].metadata
+        options: dict[str, Any] = {"help": metadata["help"], "default": argparse.SUPPRESS,
+                                   "dest": f"run__{name}"}
+        kind = field_kind(name)
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            choices = metadata.get("choices")
+            options.update(type=kind, choices=choices,
+                           metavar=None if choices else metadata.get("metavar", name.upper()))
+        shared.add_argument(flag_name(name), **options)
+    parser.add_argument("--detach", action="store_true",
+                        help="start the study in the background, print its directory and return")
+    parser.add_argument("--json", action="store_true", help="results as JSON on stdout")
+    parser.set_defaults(handler=study_command)
+
+
+def _options(name: str, metadata: dict) -> dict[str, Any]:
+    options: dict[str, Any] = {"help": metadata["help"], "default": argparse.SUPPRESS}
+    hint = typing.get_type_hints(StudySpec)[name]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = [t for t in (typing.get_args(hint) if union else (hint,)) if t is not type(None)]
+    if name == "alpha":
+        return {**options, "type": _alpha, "metavar": metadata["metavar"]}
+    if typing.get_origin(kinds[0]) is list:
+        item = typing.get_args(kinds[0])[0]
+        return {**options, "type": _list_of(item), "metavar": metadata["metavar"]}
+    if kinds[0] is bool:
+        return {**options, "action": argparse.BooleanOptionalAction}
+    choices = metadata.get("choices")
+    return {**options, "type": kinds[0], "choices": choices,
+            "metavar": None if choices else metadata.get("metavar", name.upper())}
+
+
+def _list_of(kind: type):
+    def parse(value: str) -> list:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        try:
+            return [kind(part) for part in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"'{value}' is not comma-separated {_LIST_WORDS[kind]}") from None
+    return parse
+
+
+def _alpha(value: str) -> str | float:
+    try:
+        return parse_alpha(value)
+    except StudyError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def spec_from_args(args: argparse.Namespace) -> StudySpec:
+    """The spec file's fields overridden by the flags given, resolved and checked."""
+    given = {f.name: getattr(args, f.name) for f in fields(StudySpec) if hasattr(args, f.name)}
+    run = {name: getattr(args, f"run__{name}") for name in RUN_FIELDS
+           if hasattr(args, f"run__{name}")}
+    from_file = load_study_spec(args.spec).to_dict() if args.spec else {}
+    if "data" in given:
+        from_file.pop("sequence", None)
+    if "sequence" in given:
+        from_file.pop("data", None)
+    spec = StudySpec.from_dict({**from_file, **given, "run": {**from_file.get("run", {}), **run}})
+    if spec.name is None and spec.out:  # the study already there: the same members
+        spec = replace(spec, name=saved_name(spec.out))
+    spec = spec.resolved(getattr(args, "runs_dir", None))
+    try:
+        spec.check()
+    except StudyError as error:
+        raise StudyError(f"{args.spec}: {error}" if args.spec else str(error)) from None
+    return spec
+
+
+def study_command(args: argparse.Namespace) -> int:
+    return launch(spec_from_args(args), detach=args.detach, as_json=args.json)
+
+
+def launch(spec: StudySpec, detach: bool = False, as_json: bool = False) -> int:
+    """Start (or re-attach to) the study of a checked spec and, unless detached, follow it to
+    the end and print its results."""
+    from spectui.finetune.data import load_splits
+
+    for member in {m.task: m for m in reversed(spec.members())}.values():
+        load_splits(member.spec)  # reads the data now, so a bad file is reported before any launch
+    study = open_study(spec)
+    process = None if study.running() else study.start()
+    if detach:
+        print(study.path)
+        return 0
+    out = sys.stderr if as_json else sys.stdout
+    print(f"study {study.name} in {study.path}"
+          + (" (attached: it was running)" if process is None else ""), file=out, flush=True)
+    code = follow(study, process, out)
+    print_results(study, as_json)
+    return code
+
+
+def follow(study: Study, process, out: IO[str]) -> int:
+    """Echo the study's log until it ends; Ctrl-C cancels it (and its live members)."""
+    offset = 0
+    try:
+        while (process.poll() is None) if process is not None else study.running():
+            text, offset = study.log_since(offset)
+            print(text, end="", file=out, flush=True)
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        with suppress(RunError):
+            study.cancel()
+        while study.running():
+            time.sleep(POLL_S)
+        if process is not None:
+            process.wait()
+    print(study.log_since(offset)[0], end="", file=out, flush=True)
+    status = study.status()
+    if status.state is State.DONE:
+        return 0
+    print(f"spectui: study {study.name} {status.state.value}"
+          f"{': ' + status.message if status.message else ''} (log: {study.log_path})",
+          file=sys.stderr)
+    return 1
+
+
+def print_results(study: Study, as_json: bool) -> None:
+    from spectui.study_results import StudyResultsError, read_results, report_section
+
+    if not study.results_path.exists():
+        return
+    try:
+        results = read_results(study.results_path)
+    except StudyResultsError as error:
+        print(f"spectui: warning: {error}", file=sys.stderr)
+        return
+    status = study.status()
+    if as_json:
+        json.dump({"study_dir": str(study.path), "state": status.state.value,
+                   "message": status.message, "results": results.to_dict(),
+                   "views": report_section(results)}, sys.stdout)
+        sys.stdout.write("\n")
+        return
+    from spectui.cli.options import stdout_console
+
+    console = stdout_console()
+    for table in result_tables(results):
+        console.print(table)
+
+
+def result_tables(results) -> list:
+    """Rich tables: the results table, then the study's views (matched task loss; or per line of
+    a sequence, the forgetting matrix with intruders and reference loss per stage)."""
+    from rich.table import Table
+
+    from spectui.study_results import (
+        forgetting_matrix,
+        intruders_vs_stage,
+        matched,
+        reference_vs_stage,
+        results_table,
+    )
+
+    data = results_table(results)
+    table = Table(title=f"Study {results.name}: task loss on held-out examples, reference loss "
+                        f"(forgetting), intruders at k={results.k} for each ε, median effective "
+                        "rank of ΔW", title_justify="left")
+    for column in data.columns:
+        title = column.title.replace("intruders ", "").replace("eff. rank ΔW", "eff. rank")
+        left = column.key in ("member", "task", "state")
+        table.add_column(title, justify="left" if left else "right", no_wrap=left)
+    for row in data.rows:
+        table.add_row(*(f"{row[column.key]:g}" if column.key == "lr" else _cell(row[column.key])
+                        for column in data.columns))
+    tables = [table]
+    if results.base_scores:
+        base = results.base_scores
+        tables.append(f"base: reference loss {base.reference_loss:.4f}, task loss "
+                      + ", ".join(f"{task.name} {loss:.4f}"
+                                  for task, loss in zip(results.tasks, base.task_loss)))
+    if results.kind == "study":
+        chosen = matched(results)
+        ranks = [m.rank_label for m in results.members]
+        if chosen.target is not None and len(set(ranks)) < len(ranks):  # a grid: match the task
+            tables.append(f"at matched task loss (≈ {chosen.target:.4f}, the best every rank "
+                          "reached): " + "; ".join(
+                              f"{m.rank_label} lr {m.lr:g}: task {m.own_task_loss:.4f}, reference "
+                              f"{m.reference_loss:.4f}, intruders {m.intruders_at(0.5)}"
+                              for m in chosen.members))
+        return tables
+    intruders = {curve.label: curve for curve in intruders_vs_stage(results)}
+    reference = {curve.label: curve for curve in reference_vs_stage(results)}
+    for line in results.lines:
+        matrix = forgetting_matrix(results, line)
+        grid = Table(title=f"{line}: task loss after each stage (rows: tasks), reference loss and "
+                           f"intruders (ε=0.5) against the original base", title_justify="left")
+        grid.add_column("")
+        for stage in matrix.stages:
+            grid.add_column("base" if stage == "base" else f"stage {stage}", justify="right")
+        grid.add_column("forgetting", justify="right")
+        for task, row, forgot in zip(matrix.tasks, matrix.loss, matrix.forgetting()):
+            grid.add_row(task, *(_cell(value) for value in row), _cell(forgot, signed=True))
+        grid.add_row("reference", *(_cell(value) for value in reference[line].y), "")
+        grid.add_row("intruders", *(_cell(value) for value in intruders[line].y), "")
+        tables.append(grid)
+    return tables
+
+
+def _cell(value: Any, signed: bool = False) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e6 and not signed:
+            return f"{value:.0f}"
+        return f"{value:+.4f}" if signed else (f"{value:.4f}" if value >= 1e-3 else f"{value:.2g}")
+    return str(value)
+
+
+def sequence_spec(args: argparse.Namespace, files: list[str]) -> StudySpec:
+    """`spectui train --sequence`: the run flags (and spec file) as a one-line sequence study."""
+    given = {f.name: getattr(args, f.name) for f in fields(RunSpec) if hasattr(args, f.name)}
+    from_file = load_spec(args.spec).to_dict() if args.spec else {}
+    for name in ("data", "out", "start_from"):
+        if given.get(name) or from_file.get(name):
+            raise StudyError(f"--sequence trains its files as stages: {flag_name(name)} does not "
+                             "apply")
+    run = RunSpec.from_dict({**from_file, **given, "data": files[0]})
+    spec = StudySpec.for_sequence(run, files, getattr(args, "reference", None),
+                                  getattr(args, "runs_dir", None))
+    spec = spec.resolved(getattr(args, "runs_dir", None))
+    spec.check()
+    return spec
