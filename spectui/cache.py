@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from spectui import atomic
+from spectui.errors import InputError
 from spectui.spectral import ALGORITHM_VERSION, Decomposition, MatrixResult
+from spectui.validate import parse_json, read_bytes
 
 
 def tensor_digest(*parts: torch.Tensor | str) -> str:
@@ -60,6 +62,7 @@ _RESULT_ARRAYS = {"sigma_base": (1, "f"), "sigma_tuned": (1, "f"), "sigma_delta"
                   "delta_energy_tuned": (1, "f")}
 _DECOMPOSITION_ARRAYS = {"sigma": (1, "f"), "u": (2, "f")}
 KINDS = ("base", "pair")
+MANIFEST_LIMIT = 64 << 20
 DEFAULT_MAX_BYTES = 20 << 30  # a laptop disk spares this; a whole 8B base's entries fit
 _KEY = re.compile(r"[0-9a-f]{64}")
 
@@ -130,13 +133,15 @@ class Cache:
         data = save(arrays, metadata={**meta, "digest": _entry_digest(key, arrays, meta)})
         if len(data) > self.max_bytes:
             return
-        try:
-            with self._lock:  # room made and used by one writer at a time, so the count stays true
+        with self._lock:  # room made and used by one writer at a time, so the count stays true
+            if not self._writable:
+                return
+            try:
                 self._make_room(len(data))
                 atomic.write_bytes(self._file(kind, key), data)
-        except OSError as err:
-            self._writable = False
-            self._warn(f"{self.root}: cannot write the cache ({err.strerror or err}); going on without it")
+            except OSError as err:
+                self._writable = False
+                self._warn(f"{self.root}: cannot write the cache ({err.strerror or err}); going on without it")
 
     # -- size -----------------------------------------------------------------------------------
     def entries(self) -> list[tuple[Path, int, float]]:
@@ -213,10 +218,11 @@ class Cache:
     def _read_manifest(self, file: Path) -> dict | None:
         """A manifest, checked: keys name entries, so only hex digests of the right kinds pass."""
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
+            data = parse_json(read_bytes(file, MANIFEST_LIMIT), file)
+        except InputError:  # not a regular file (a FIFO would block), too large, not JSON
             return None
-        if not (isinstance(data, dict) and isinstance(data.get("path"), str) and data.get("role") in ("base", "tuned")
+        if not (isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"].isprintable()
+                and data.get("role") in ("base", "tuned")
                 and isinstance(data.get("keys"), dict)):
             return None
         keys = data["keys"]

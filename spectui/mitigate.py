@@ -140,12 +140,7 @@ def check_export(comparison: Comparison, model_index: int, out: Path, *, merged:
                  force: bool = False) -> None:
     """Every reason not to write, found before any work: a target that exists or overlaps a
     source (inside it, or holding it), and adapters whose mitigated form cannot be written."""
-    target = out.resolve()
-    for source in [comparison.base.path, *(m.path for m in comparison.tuned)]:
-        source = source.resolve()
-        source_dir = source if source.is_dir() else source.parent
-        if target == source or target in source.parents or source_dir in target.parents:
-            raise CheckpointError(out, f"would replace the source {source} or write inside it; choose another --out")
+    comparison.check_output(out, "--out")
     if out.exists() and not force:
         raise CheckpointError(out, "already exists; pass --force to replace it")
     source = comparison.tuned[model_index].source

@@ -72,6 +72,8 @@ def parse_json(data: bytes | str, path: Path, error: type[FileInputError] = File
         raise error(path, "is not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise error(path, f"is not valid JSON (line {err.lineno})") from None
+    except ValueError:  # an integer of thousands of digits
+        raise error(path, "is not valid JSON (a number too long to read)") from None
     except RecursionError:
         raise error(path, "nests JSON too deeply to be read") from None
 
@@ -113,13 +115,17 @@ def boolean(value: Any, path: Path, field: str, error: type[FileInputError] = Fi
 
 
 def text(value: Any, path: Path, field: str, error: type[FileInputError] = FileInputError) -> str:
-    """A string that can be written back out (no lone surrogates from \\ud800-style escapes)."""
+    """A string that can be shown and written back out: valid Unicode (no lone surrogates from
+    \\ud800-style escapes) and no control characters (a name that would clear the screen or set a
+    terminal's title when printed)."""
     if not isinstance(value, str):
         raise error(path, f"{field} must be a string, not {_shown(value)}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise error(path, f"{field} is not valid Unicode text") from None
+    if not value.isprintable():
+        raise error(path, f"{field} {_shown(value)} holds control characters")
     return value
 
 

@@ -382,3 +382,105 @@ def test_safetensors_written_by_the_library_still_open(tiny, tmp_path):
     state = load_file(tiny / "base" / "model.safetensors")
     save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
     assert set(open_store(tmp_path / "model.safetensors").names()) == set(state)
+
+
+# -- what the hostile battery found (each a regression test) ---------------------------------
+
+@pytest.mark.parametrize("option", ["--csv", "--markdown", "--out"])
+def test_a_report_never_overwrites_or_writes_into_a_source(cli, tiny, tmp_path, option):
+    tuned = tmp_path / "full"
+    shutil.copytree(tiny / "full", tuned)
+    before = snapshot(tuned)
+    target = {"--csv": tuned / "model.safetensors", "--markdown": tuned / "config.json",
+              "--out": tuned / "sub" / "r.html"}[option]
+    assert "would replace the source" in one_line_exit_2(cli("report", tiny / "base", tuned, option, target))
+    assert snapshot(tuned) == before
+
+
+def test_a_cache_dir_inside_a_source_is_refused(cli, tiny, tmp_path):
+    tuned = tmp_path / "full"
+    shutil.copytree(tiny / "full", tuned)
+    before = snapshot(tuned)
+    ran = cli("scan", tiny / "base", tuned, "--cache-dir", tuned / "cache")
+    assert "--cache-dir" in one_line_exit_2(ran) and snapshot(tuned) == before
+
+
+def test_a_fifo_for_a_cache_manifest_blocks_nothing(cli, tiny, tmp_path):
+    cache = tmp_path / "cache"
+    assert cli("scan", tiny / "base", tiny / "lora", "--cache-dir", cache).code == 0
+    for manifest in (cache / "models").glob("*.json"):
+        manifest.unlink()
+        os.mkfifo(manifest)
+    start = time.monotonic()
+    assert cli("cache", "info", "--cache-dir", cache).code == 0
+    assert cli("scan", tiny / "base", tiny / "lora", "--cache-dir", cache).code == 0
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("argv", [
+    ("scan", "--cache-max", "1" + "0" * 400),
+    ("probe", "--text", "x", "--max-tokens", "1000000000000000"),
+    ("--serve", "--port", "abc"),
+])
+def test_absurd_option_values_are_one_line(cli, argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli(*argv)
+    assert exit_.value.code == 2
+
+
+def test_a_config_with_a_number_of_thousands_of_digits_is_one_line(cli, tiny, tmp_path):
+    shutil.copytree(tiny / "base", tmp_path / "base")
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    text = json.dumps(config)[:-1] + ', "num_hidden_layers_x": ' + "9" * 5000 + "}"
+    (tmp_path / "base" / "config.json").write_text(text)
+    assert "too long" in one_line_exit_2(cli("scan", tmp_path / "base", tiny / "full", "--no-cache"))
+
+
+def test_a_shard_name_with_a_nul_byte_is_refused(tiny, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny / "base", model)
+    names = load_file(model / "model.safetensors")
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(names, "a\0b")}))
+    with pytest.raises(CheckpointError, match="not a file name"):
+        open_store(model)
+
+
+def test_control_characters_in_tensor_names_never_reach_the_terminal(tmp_path):
+    header = {"w\x1b]0;PWNED\x07\x1b[2J": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    with pytest.raises(CheckpointError, match="control characters") as raised:
+        open_store(raw_safetensors(tmp_path / "model.safetensors", header, bytes(4)))
+    assert "\x1b" not in str(raised.value)
+
+
+def test_a_manifest_naming_a_path_with_escapes_is_ignored(tiny, cache_dir, cli):
+    assert cli("scan", tiny / "base", tiny / "lora", "--cache-dir", cache_dir).code == 0
+    for manifest in (cache_dir / "models").glob("*.json"):
+        data = json.loads(manifest.read_text())
+        manifest.write_text(json.dumps({**data, "path": "\x1b[2J\x1b]0;PWN\x07/x"}))
+    ran = cli("cache", "info", "--cache-dir", cache_dir)
+    assert ran.code == 0 and "\x1b" not in ran.out
+
+
+def test_one_bad_value_failing_every_matrix_is_one_line(cli, tiny, tmp_path):
+    ran = cli("scan", tiny / "base", with_config(tiny, tmp_path, lora_alpha=1e308), "--no-cache")
+    assert "more matrices could not be scanned" in one_line_exit_2(ran)
+
+
+def test_a_pickle_of_an_odd_protocol_is_refused_in_one_line(cli, tiny, tmp_path):
+    import pickle
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny / "base", model)
+    (model / "model.safetensors").unlink()
+    (model / "pytorch_model.bin").write_bytes(pickle.dumps({"w": [1, 2, 3]}, protocol=4))
+    assert "pytorch_model.bin" in one_line_exit_2(cli("scan", model, tiny / "full", "--no-cache"))
+
+
+def test_serve_on_a_port_in_use_is_one_line(cli, tiny):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ran = cli("--serve", "--port", busy.getsockname()[1], tiny / "base", tiny / "lora")
+    assert "cannot listen" in one_line_exit_2(ran)

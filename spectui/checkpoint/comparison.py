@@ -60,6 +60,17 @@ class Comparison:
             model.label = label  # a newcomer may make an earlier label ambiguous
         return len(self.tuned) - 1
 
+    def check_output(self, out: Path, option: str) -> None:
+        """Refuse an output that would replace a source model, hold one, or write inside a source's
+        directory: sources are only ever read."""
+        target = Path(out).resolve()
+        for source in (self.base.path, *(model.path for model in self.tuned)):
+            source = source.resolve()
+            inside = source.is_dir() and source in target.parents
+            if target == source or target in source.parents or inside:
+                raise CheckpointError(out, f"would replace the source {source} or write inside it; "
+                                           f"choose another {option}")
+
     def spec(self, name: str) -> MatrixSpec:
         return next(m.spec(name) for m in self.tuned if m.spec(name) is not None)
 

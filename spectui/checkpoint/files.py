@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import struct
 import threading
+import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -283,7 +284,9 @@ def _torch_load(file: Path) -> dict[str, torch.Tensor]:
     import torch
 
     def load(mmap: bool):
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+        with warnings.catch_warnings():  # torch warns of odd pickle protocols; the refusal says enough
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
 
     regular_file(file, CheckpointError)  # a FIFO would block the read forever
 
@@ -342,7 +345,7 @@ def _index_files(index: Path) -> list[Path]:
     folder = index.parent.resolve()
     files = []
     for shard in dict.fromkeys(weight_map.values()):
-        if not isinstance(shard, str) or not shard:
+        if not isinstance(shard, str) or not shard or "\0" in shard:
             raise CheckpointError(index, f"names a shard that is not a file name: {shard!r}")
         file = index.parent / shard
         if Path(shard).is_absolute() or not file.resolve().is_relative_to(folder):

@@ -7,6 +7,7 @@ Everything is written into a temporary directory beside the destination and rena
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -20,6 +21,7 @@ import torch
 from spectui import atomic
 from spectui.checkpoint.adapters import ADAPTER_CONFIG, LoraAdapter, LoraModule
 from spectui.checkpoint.files import BIN_INDEX, SAFETENSORS_INDEX, CheckpointError, TensorStore
+from spectui.errors import one_line
 
 # Another copy of the weights beside the ones rewritten would still hold the old model.
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"}
@@ -104,7 +106,10 @@ def _save(tensors: dict[str, torch.Tensor], like: Path, file: Path) -> None:
 
         with safe_open(str(like), framework="pt") as handle:
             metadata = handle.metadata()
-        save_file(tensors, str(file), metadata=metadata)
+        try:
+            save_file(tensors, str(file), metadata=metadata)
+        except Exception as err:  # safetensors' own error type, for a full disk among others
+            raise OSError(errno.EIO, one_line(err), str(file)) from err
         os.chmod(file, 0o666 & ~_umask())  # safetensors creates its files 0600; outputs get the usual mode
     else:
         torch.save(tensors, file)

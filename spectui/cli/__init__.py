@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except OSError as err:  # a path given cannot be written or read: the file system said why
-        print(f"spectui: error: {err.filename or 'a file'}: {err.strerror or err}", file=sys.stderr)
+        where = err.filename2 or err.filename or "a file"  # a copy's destination, not its source
+        print(f"spectui: error: {printable(str(where), keep='')}: {err.strerror or err}", file=sys.stderr)
         return 2
     except Exception as err:  # the last resort: never a traceback on the user's terminal
         log = log_internal_error(err)

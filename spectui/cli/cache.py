@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from spectui.cli.options import size_value, stdout_console
+from spectui.errors import printable
 
 
 def add_parser(subparsers) -> None:
@@ -55,7 +56,7 @@ def info(args) -> int:
 def clear_command(args) -> int:
     cache = _cache(args)
     freed = cache.clear(args.model)
-    which = f"{args.model}'s entries" if args.model else "every entry"
+    which = f"{printable(str(args.model), keep='')}'s entries" if args.model else "every entry"
     print(f"removed {which} from {cache.root}: {_bytes(freed)} freed")
     return 0
 

@@ -65,9 +65,9 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 def size_value(value: str) -> int:
     """Bytes from a size such as 500M, 20G or 1.5T (binary units)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+    match = re.fullmatch(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
     if not match:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a size (e.g. 500M, 20G)")
+        raise argparse.ArgumentTypeError(f"'{value[:40]}' is not a size (e.g. 500M, 20G)")
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
@@ -167,6 +167,8 @@ def scan_from_args(args, comparison=None, progress: bool = True):
     device(args)
     if comparison is None:
         comparison = open_from_args(args)
+    if (root := cache_root(args)) is not None:
+        comparison.check_output(root, "--cache-dir")
     ranks = distributed.world()
     if not ranks or ranks[0] == 0:
         warn(comparison)
@@ -175,19 +177,31 @@ def scan_from_args(args, comparison=None, progress: bool = True):
                                                              markup=False, soft_wrap=True))
 
     def tell_failure(event):
-        if isinstance(event, MatrixFailed):
-            err.print(f"spectui: error: {event.message}", highlight=False, markup=False, soft_wrap=True)
-        elif isinstance(event, ScanNotice):
+        if isinstance(event, ScanNotice):
             err.print(f"spectui: note: {event.message}", highlight=False, markup=False, soft_wrap=True)
 
     if ranks:
         gathered = distributed.scan(comparison, cache, args.device, args.workers, tell_failure, *ranks)
         if gathered is None:
             raise SystemExit(0)
-        return ScanResults(comparison, *gathered)
-    with _progress(err, progress) as bar:
-        scan = _scan(comparison, cache, args, bar, tell_failure, (MatrixDone, MatrixFailed))
-    return ScanResults(comparison, scan.results, scan.errors)
+        results = ScanResults(comparison, *gathered)
+    else:
+        with _progress(err, progress) as bar:
+            scan = _scan(comparison, cache, args, bar, tell_failure, (MatrixDone, MatrixFailed))
+        results = ScanResults(comparison, scan.results, scan.errors)
+    _tell_failures(err, comparison, results.errors)
+    return results
+
+
+def _tell_failures(err, comparison, errors: dict) -> None:
+    """The first matrix that could not be scanned, in checkpoint order, in one line (a bad
+    adapter fails every matrix it touches in the same way: one sentence says it)."""
+    if not errors:
+        return
+    order = {name: i for i, name in enumerate(comparison.matrix_names())}
+    first = min(errors.values(), key=lambda failure: order.get(failure.name, len(order)))
+    more = f" (and {len(errors) - 1} more matrices could not be scanned)" if len(errors) > 1 else ""
+    err.print(f"spectui: error: {first.message}{more}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _progress(err, shown: bool):

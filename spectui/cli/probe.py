@@ -18,10 +18,13 @@ def _lambdas(value: str) -> list[float]:
     return [lambda_value(part) for part in value.split(",") if part.strip()]
 
 
+MAX_TOKENS = 1_000_000  # scored per text: past this the probe takes hours, and tokenising it gigabytes
+
+
 def _token_budget(value: str) -> int:
-    n = int(value) if value.isdigit() else 0
-    if n < 2:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number of at least 2")
+    n = int(value) if value.isascii() and value.isdigit() and len(value) <= 9 else 0
+    if not 2 <= n <= MAX_TOKENS:
+        raise argparse.ArgumentTypeError(f"'{value[:40]}' is not a whole number from 2 to {MAX_TOKENS}")
     return n
 
 

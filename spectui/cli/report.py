@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spectui.cli.options import failure_code, scan_from_args, scan_options
-from spectui.errors import UsageError
+from spectui.cli.options import failure_code, open_from_args, scan_from_args, scan_options
+from spectui.errors import UsageError, printable
 
 DEFAULT_OUT = Path("spectui-report.html")
 
@@ -26,17 +26,21 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from spectui.report import format_of, write_report
 
-    outputs = [(path, kind) for path, kind in ((args.markdown, "markdown"), (args.csv, "csv")) if path]
+    outputs = [(path, kind, option) for path, kind, option in
+               ((args.markdown, "markdown", "--markdown"), (args.csv, "csv", "--csv")) if path]
     if args.out or not outputs:
         out = args.out or DEFAULT_OUT
-        outputs.insert(0, (out, format_of(out)))
-    scan = scan_from_args(args)
+        outputs.insert(0, (out, format_of(out), "--out"))
+    comparison = open_from_args(args)
+    for path, _, option in outputs:  # before the scan: a refused output costs nothing
+        comparison.check_output(path, option)
+    scan = scan_from_args(args, comparison)
     if code := failure_code(scan):
         return code
-    for path, kind in outputs:
+    for path, kind, _ in outputs:
         try:
             write_report(scan, args.k, args.eps, path, kind)
         except OSError as err:
             raise UsageError(f"{path}: cannot write the report ({err.strerror})") from err
-        print(path)
+        print(printable(str(path), keep=""))
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import shlex
 import sys
 from urllib.parse import urlsplit
@@ -21,9 +20,9 @@ DEFAULT_PORT = 8000
 
 
 def _port(value: str) -> int:
-    port = int(value)
+    port = int(value) if value.isascii() and value.isdigit() and len(value) <= 5 else 0
     if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError("a port is 1 to 65535")
+        raise argparse.ArgumentTypeError(f"'{value[:40]}' is not a port (1 to 65535)")
     return port
 
 
@@ -75,13 +74,44 @@ def serve(args) -> int:
             return app
 
     command = shlex.join([sys.executable, "-m", "spectui", *app_argv(argv)])
-    print(_instructions(args.host, args.port), file=sys.stderr)
     try:
-        ReachableServer(command, host=args.host, port=args.port, title="spectui").serve()
+        _check_listen(args.host, args.port)  # before the banner: a failure is one line, not three
     except OSError as err:
-        reason = os.strerror(err.errno) if err.errno else str(err)
+        reason = err.strerror or str(err)
         raise UsageError(f"--host {args.host} --port {args.port}: cannot listen ({reason})") from err
+    print(_instructions(args.host, args.port), file=sys.stderr)
+    _quiet_request_errors()
+    ReachableServer(command, host=args.host, port=args.port, title="spectui").serve()
     return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind the address once and let it go: an address in use or unknown is said up front."""
+    import socket
+
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+        return
+
+
+def _quiet_request_errors() -> None:
+    """Anyone who reaches the port can send garbage; aiohttp would print a traceback per request on
+    this terminal. One line each instead."""
+    import logging
+
+    class OneLine(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            reason = f": {record.exc_info[1]}" if record.exc_info and record.exc_info[1] else ""
+            return f"spectui: serve: {record.getMessage()}{reason}"[:300]
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLine())
+    for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
 
 
 def same_site_only(bound_host: str):

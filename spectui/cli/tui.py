@@ -27,6 +27,10 @@ def run(args) -> int:
     if args.serve:
         return serve(args)
     comparison = open_from_args(args)  # bad paths fail here, before the app starts
+    if args.export_dir is not None:
+        comparison.check_output(args.export_dir, "--export-dir")
+    if (root := cache_root(args)) is not None:
+        comparison.check_output(root, "--cache-dir")
     from spectui.tui.app import SpectuiApp
     from spectui.tui.inspector import Inspector
 

@@ -70,7 +70,10 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8", newline="") as stream:
         if path.suffix.lower() == ".csv":
             reader = csv.DictReader(stream)
-            yield from ((reader.line_num, row) for row in reader)
+            try:
+                yield from ((reader.line_num, row) for row in reader)
+            except csv.Error as error:  # a field past the csv module's limit, a NUL byte
+                raise DataError(path, f"unreadable CSV at line {reader.line_num} ({error})") from None
             return
         for number, line in enumerate(stream, start=1):
             if line.strip():
@@ -83,7 +86,7 @@ def _record(path: Path, number: int, line: str) -> dict[str, Any]:
         return {"text": line.rstrip("\r\n")}
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # malformed, a number of thousands of digits, nested too deep
         raise DataError(path, f"malformed JSON at line {number}") from None
     if not isinstance(record, dict):
         raise DataError(path, f"line {number} is not a JSON object")
@@ -103,10 +106,16 @@ def _example(path: Path, line: int, record: dict[str, Any], task: str) -> Exampl
     return Example(text, _label(path, line, record["label"]))
 
 
+MAX_LABEL = 9_999  # class indexes size the classifier's head: a typo must not allocate gigabytes
+
+
 def _label(path: Path, line: int, value: Any) -> int:
-    """A class index: a JSON integer, or a CSV cell of digits."""
+    """A class index: a JSON integer, or a CSV cell of digits, from 0 to MAX_LABEL."""
     if isinstance(value, str) and value.strip().isdecimal():
-        return int(value)
-    if type(value) is int and value >= 0:
+        value = int(value) if len(value.strip()) <= 6 else MAX_LABEL + 1
+    if type(value) is int and 0 <= value <= MAX_LABEL:
         return value
-    raise DataError(path, f"label {value!r} is not a non-negative integer at line {line}")
+    if type(value) is int and value > MAX_LABEL:
+        raise DataError(path, f"label at line {line} is above {MAX_LABEL}, too many classes for a classifier head")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+    raise DataError(path, f"label {shown} is not a non-negative integer at line {line}")

@@ -172,7 +172,8 @@ class Loop:
             if self.spec.save_every and self.step % self.spec.save_every == 0:
                 self._save_checkpoint()
         if self.accelerator.is_main_process:
-            with atomic.directory(self.run.output_dir) as directory:
+            # replace: an output a run recorded as unfinished (killed after publishing it) is redone
+            with atomic.directory(self.run.output_dir, replace=True) as directory:
                 save_output(self._unwrapped(), self.tokenizer, self.spec, directory,
                             self.run.pissa_init_dir)
             print(f"output: {self.run.output_dir}", flush=True)

@@ -196,6 +196,9 @@ class ProcessDir:
         pid = self._live_pid()
         if pid is None:
             raise RunError(f"{self.kind} {self.name} is not running")
+        if not _launched_for(pid, self.path):
+            raise RunError(f"{self.path / 'pid'}: names process {pid}, which was not started for this "
+                           f"{self.kind}; not stopping it")
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -746,6 +749,18 @@ def _process_start(pid: int) -> str | None:
         return None
     state, *fields = stat_line.rsplit(")", 1)[1].split()
     return None if state in ("Z", "X") else fields[18]  # field 22 of proc(5): starttime
+
+
+def _launched_for(pid: int, directory: Path) -> bool:
+    """Whether a live process was started for this directory (its command line names it): a pid
+    file may have been written by anyone, and cancelling signals what it names."""
+    if not _HAS_PROC:
+        return True  # without /proc (macOS) the start-time check is all there is
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return os.fsencode(str(directory)) in arguments
 
 
 def _alive(pid: int, start: str) -> bool:

@@ -144,7 +144,7 @@ class RunSpec:
             "warmup_steps": _minimum_error("warmup_steps", self.warmup_steps, 0),
             "scheduler": _choice_error("scheduler", self.scheduler, SCHEDULERS),
             "max_grad_norm": _positive_error("max_grad_norm", self.max_grad_norm),
-            "seed": _minimum_error("seed", self.seed, 0),
+            "seed": None if 0 <= self.seed < 2**32 else "seed must be from 0 to 4294967295",
             "log_every": _minimum_error("log_every", self.log_every, 1),
             "eval_every": _minimum_error("eval_every", self.eval_every, 0),
             "save_every": _minimum_error("save_every", self.save_every, 0),

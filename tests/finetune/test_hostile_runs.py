@@ -506,3 +506,48 @@ def test_whatever_a_runs_files_hold_it_is_listed_and_only_input_errors_are_raise
     assert time.monotonic() - started < 5
     assert ran.code == 0 and ran.err == "", ran
     assert ran.out.count("\n") == 2 and ran.out.splitlines()[1].split()[0] == "target", ran.out
+
+
+# -- what the hostile battery found ----------------------------------------------------------
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ('{"text": "a", "n": ' + "9" * 5000 + "}\n", "malformed JSON at line 1"),
+    ("[" * 100_000 + "]" * 100_000 + "\n", "malformed JSON at line 1"),
+])
+def test_data_lines_that_json_cannot_hold_are_one_line(cli, tiny_base, tmp_path, content, problem):
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    ran = cli("train", "--base", tiny_base, "--data", data, "--runs-dir", tmp_path / "runs")
+    assert problem in one_line_error(ran)
+
+
+def test_a_csv_field_past_the_csv_limit_is_one_line(cli, tiny_base, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("text\n" + "x" * 200_000 + "\n")
+    assert "unreadable CSV" in one_line_error(cli("train", "--base", tiny_base, "--data", data,
+                                                  "--runs-dir", tmp_path / "runs"))
+
+
+def test_a_label_that_would_size_a_huge_head_is_refused(cli, tiny_base, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"text": "a b", "label": 10**12}) + "\n")
+    ran = cli("train", "--base", tiny_base, "--data", data, "--task", "classification",
+              "--runs-dir", tmp_path / "runs")
+    assert "too many classes" in one_line_error(ran)
+
+
+def test_a_seed_past_32_bits_is_refused_before_launch(cli, tiny_base, text_data, tmp_path):
+    ran = cli("train", "--base", tiny_base, "--data", text_data, "--seed", 2**70, "--runs-dir", tmp_path / "runs")
+    assert "seed must be from 0 to 4294967295" in one_line_error(ran)
+
+
+def test_cancel_never_signals_a_process_a_forged_pid_file_names(cli, tiny_base, text_data, root):
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        run = make(root, "forged", tiny_base, text_data, status="running\n")
+        write(run, "pid", f"{sleeper.pid} {runs._process_start(sleeper.pid)}\n")
+        assert "not started for this run" in one_line_error(cli("runs", "cancel", "forged", "--runs-dir", root))
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
