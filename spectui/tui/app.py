@@ -8,7 +8,6 @@ from pathlib import Path
 from textual import work
 from textual.app import App
 from textual.await_complete import AwaitComplete
-from textual.binding import Binding
 from textual.reactive import reactive
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -18,6 +17,7 @@ from spectui.errors import InputError, log_internal_error, one_line
 from spectui.finetune.runs import LIVE, Run, list_runs
 from spectui.tui.commands import SpectuiCommands
 from spectui.tui.inspector import Inspector
+from spectui.tui.keys import app_bindings, read_escape_before_a_key
 from spectui.tui.messages import MatrixHighlighted, OpenMatrix, ResultsChanged, ThresholdsChanged
 from spectui.tui.screens import (
     CompareScreen,
@@ -38,21 +38,7 @@ class SpectuiApp(App):
     CSS_PATH = "app.tcss"
     TITLE = "spectui"
     COMMANDS = App.COMMANDS | {SpectuiCommands}
-    BINDINGS = [
-        Binding("q", "quit", "Quit"),
-        Binding("question_mark", "help", "Help"),
-        Binding("left_square_bracket", "epsilon(-0.05)", "ε−"),
-        Binding("right_square_bracket", "epsilon(0.05)", "ε+"),
-        Binding("minus", "k(-1)", "k−"),
-        Binding("plus,equals_sign", "k(1)", "k+"),
-        Binding("t", "thresholds", "k/ε…"),
-        Binding("m", "next_model", "Model"),
-        Binding("x", "export", "Export"),
-        Binding("s", "mitigate", "Scale intr."),
-        Binding("c", "compare", "Compare"),
-        Binding("r", "train", "Train"),
-        Binding("R", "runs", "Runs"),
-    ]
+    BINDINGS = app_bindings()  # every global key; each screen shows its own choice in its footer
 
     k: reactive[int] = reactive(DEFAULT_K)
     epsilon: reactive[float] = reactive(DEFAULT_EPSILON)
@@ -61,7 +47,10 @@ class SpectuiApp(App):
     def __init__(self, inspector: Inspector, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON,
                  export_dir: Path | None = None) -> None:
         super().__init__()
+        read_escape_before_a_key()
         self.inspector = inspector
+        self._quitting = False
+        self.quit_note = ""  # said on the terminal after the app closes
         self.export_dir = export_dir or Path.cwd()
         self._dirty = False
         self._followed: dict[Path, Run] = {}  # runs whose checkpoints are scanned as they land
@@ -138,11 +127,14 @@ class SpectuiApp(App):
 
     def _on_engine_event(self, event) -> None:
         """Called on engine threads: only flags and thread-safe calls here."""
-        from spectui.engine import MatrixFailed
+        from spectui.engine import MatrixFailed, ScanNotice
 
         self._dirty = True
         if isinstance(event, MatrixFailed):
-            self.call_from_thread(self.notify, event.message, title="scan error", severity="error", timeout=10)
+            self.call_from_thread(self.notify, event.message, title="scan error", severity="error", timeout=10,
+                                  markup=False)
+        elif isinstance(event, ScanNotice):
+            self.call_from_thread(self.notify, event.message, title="scan", timeout=10, markup=False)
 
     def _publish_results(self) -> None:
         if self._dirty:
@@ -183,10 +175,28 @@ class SpectuiApp(App):
         self.push_screen(ThresholdsScreen(self.k, self.epsilon, self.k_max), apply)
 
     def action_help(self) -> None:
-        keys = [(b.key_display or b.key, b.description) for b in self.BINDINGS]
-        keys += [(b.key, b.description) for b in getattr(self.screen, "BINDINGS", [])
-                 if isinstance(b, Binding) and b.key not in ("slash", "n", "p", "escape")]
-        self.push_screen(HelpScreen([(_key_label(k), d) for k, d in keys]))
+        from spectui.tui.screens.dialogs import help_groups
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(help_groups(self.screen)))
+
+    def exit(self, *args, **kwargs) -> None:
+        """The thread following runs is stopped, and none starts once the app is closing: while a
+        run trains, it would keep the app's shutdown waiting."""
+        self._quitting = True
+        self.workers.cancel_group(self, "run-scan")
+        super().exit(*args, **kwargs)
+
+    async def action_quit(self) -> None:
+        """Quit; runs being followed that still train are said to go on (they are detached)."""
+        live = [run.name for run in self._followed.values() if run.status().state in LIVE]
+        if live:
+            names = ", ".join(live)
+            self.quit_note = (f"spectui: {names} {'is' if len(live) == 1 else 'are'} still training in the "
+                              "background; `spectui runs` lists runs, and spectui re-attaches when it opens")
+            self.exit(message=self.quit_note)
+        else:
+            self.exit()
 
     # -- fine-tuning runs ---------------------------------------------------------------------
     def action_train(self) -> None:
@@ -209,6 +219,8 @@ class SpectuiApp(App):
 
     def follow_runs(self, runs: list[Run]) -> None:
         """Scan these runs' checkpoints as they land, with those already followed."""
+        if self._quitting:  # re-attaching found them while the app was being closed
+            return
         self._followed.update((run.path, run) for run in runs)
         self.scan_runs(list(self._followed.values()))
 
@@ -309,11 +321,3 @@ class SpectuiApp(App):
             return
         self.call_from_thread(self.notify, f"wrote {', '.join(p.name for p in paths)} in {stem.parent}",
                               title="report")
-
-
-_KEY_NAMES = {"question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",
-              "minus": "-", "plus,equals_sign": "+"}
-
-
-def _key_label(key: str) -> str:
-    return _KEY_NAMES.get(key, key)

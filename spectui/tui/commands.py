@@ -1,26 +1,30 @@
-"""Command palette entries: every app action, and every matrix by name."""
+"""Command palette entries: every global action with its key, the keys of the screen shown, and
+every matrix by name."""
 
 from __future__ import annotations
 
 from functools import partial
 
+from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from spectui.checkpoint.names import short_name
+from spectui.tui.keys import GLOBAL
 
 
 class SpectuiCommands(Provider):
     def _commands(self):
-        app = self.app
-        yield "Export scan (JSON, CSV, SVG screenshot)", app.action_export, "write files and say where"
-        yield "Set k and ε", app.action_thresholds, "type the thresholds"
-        yield "Compare tuned models", app.action_compare, "totals, ΔW, ε and k curves side by side"
-        yield "Mitigate: scale intruders by λ", app.action_mitigate, "preview, λ sweep, export"
-        yield "Help: keys", app.action_help, "list every key"
-        yield "Train: fine-tune the base (new run)", app.action_train, "LoRA variants or full, detached"
-        yield "Runs: list fine-tuning runs", app.action_runs, "status, progress, open results"
-        if len(app.inspector.labels) > 1:
-            yield "Next tuned model", app.action_next_model, "show the next tuned model"
+        app, screen = self.app, self.screen  # the screen the palette was opened on
+        for binding in getattr(screen, "BINDINGS", []):  # the screen's own keys first
+            if not isinstance(binding, Binding) or binding.action.startswith("app.") or binding.key == "escape":
+                continue
+            label = binding.key_display or binding.key
+            yield (f"{binding.description} ({label})", partial(screen.run_action, binding.action),
+                   binding.tooltip or binding.description)
+        for key in GLOBAL:
+            if key.action == "next_model" and len(app.inspector.labels) < 2:
+                continue
+            yield f"{key.description} ({key.shown_key})", partial(app.run_action, key.action), key.help
         for name in app.inspector.comparison.matrix_names():
             yield f"Open matrix {short_name(name)}", partial(app.open_matrix, name), "spectra and heatmap"
 

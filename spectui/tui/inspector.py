@@ -8,6 +8,8 @@ imported only when the scan starts, in a worker, so the window paints first.
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,8 @@ class Inspector:
         self.workers = workers
         self.scans: list[Scan] = []
         self.warn: Callable[[str], None] = lambda message: None  # told once, from a worker thread
+        self.phase = "starting"  # what the scan is doing before its first result, in words
+        self._phase_since = time.monotonic()
         self._on_event: Callable[[ScanEvent], None] | None = None
         self._wanted: list[str] = []
 
@@ -102,15 +106,25 @@ class Inspector:
     # -- the scans ----------------------------------------------------------------------------
     def start(self, on_event: Callable[[ScanEvent], None], models: list[int] | None = None) -> Scan:
         """Scan the given tuned models (all at first); later calls add models to the comparison."""
+        self._set_phase("loading the scan engine (torch)")
         from spectui.engine import Scan
 
+        self._set_phase("reading the checkpoints' headers")
         self._on_event = on_event
         scan = Scan(self.comparison, self.cache(), device=self.device,
                     workers=self.workers, on_event=on_event, models=models)
         for name in self._wanted:
             scan.prioritize(name)
         self.scans.append(scan)
+        self._set_phase("decomposing the first matrices")
         return scan.start()
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase, self._phase_since = phase, time.monotonic()
+
+    @property
+    def phase_seconds(self) -> float:
+        return time.monotonic() - self._phase_since
 
     def cache(self) -> Cache:
         """The scan cache; a cache that cannot be written is said once, and the scan goes on."""
@@ -194,16 +208,32 @@ class Inspector:
 
     @property
     def progress(self) -> tuple[int, int, float | None]:
-        """(done, total, eta seconds) over every scan started."""
+        """(done, total, eta seconds) over the scans still running (over all once none is)."""
         if not self.scans:
             return 0, len(self.comparison.matrix_names()), None
-        etas = [s.eta() for s in self.scans if not s.finished]
-        eta = max((e for e in etas if e is not None), default=None) if etas else 0.0
-        return sum(s.done for s in self.scans), sum(s.total for s in self.scans), eta
+        running = [s for s in self.scans if not s.finished]
+        if not running:  # everything scanned: the last scans' figures (a model added scans again)
+            return sum(s.done for s in self.scans), sum(s.total for s in self.scans), 0.0
+        etas = [e for e in (s.eta() for s in running) if e is not None]
+        return sum(s.done for s in running), sum(s.total for s in running), max(etas, default=None)
 
     @property
     def finished(self) -> bool:
         return bool(self.scans) and all(s.finished for s in self.scans)
+
+    def matrices_per_model(self) -> list[int]:
+        """How many matrices each tuned model has to scan (a scan's total counts base matrices
+        once, however many models change them)."""
+        return [len(model.pairing.matrices) for model in self.comparison.tuned]
+
+    def where(self, model: int, k: int, epsilon: float) -> str:
+        """One line on where the model's intruders are: module types and layers that hold most."""
+        counts = []
+        for entry in self.entries(model):
+            result = self.result(model, entry.name)
+            if result is not None and (count := result.intruders(k, epsilon)):
+                counts.append((entry.layer, entry.module, count))
+        return where_intruders(counts)
 
     # -- fine-tuning runs' outputs ------------------------------------------------------------
     @property
@@ -242,12 +272,96 @@ class Inspector:
         yield ProbeRow("base", None, *probe.score())
         yield from model_sweep(probe, self.comparison, chosen, lambdas)
 
-    def export(self, chosen: Plan, lam: float, out: Path) -> list[Refit]:
-        """Write the mitigated model (the input's kind); refused before any work if `out` is taken."""
+    def export(self, chosen: Plan, lam: float, out: Path, *, merged: bool = False,
+               rank_extra: bool = False) -> list[Refit]:
+        """Write the mitigated model (the input's kind, or `merged` into the base's files; a
+        re-fitted LoRA at rank r, or r + its intruders with `rank_extra`); refused before any work
+        if `out` is taken."""
         from spectui.mitigate import check_export, export
 
-        check_export(self.comparison, chosen.model_index, out, force=False)
-        return export(self.comparison, chosen, lam, out)
+        check_export(self.comparison, chosen.model_index, out, merged=merged, force=False)
+        return export(self.comparison, chosen, lam, out, merged=merged, rank_extra=rank_extra)
+
+    def refittable(self, model: int) -> bool:
+        """Whether an export of this model re-fits LoRA factors (else: a full checkpoint, or merged)."""
+        source = self.comparison.tuned[model].source
+        return source.is_adapter and source.refittable() is not None
+
+    def refit_errors(self, chosen: Plan, lam: float, rank_extra: bool = False) -> list[Refit]:
+        """What re-fitting the adapter at λ would lose, per module, computed without writing."""
+        from spectui.mitigate import refit_errors
+
+        return refit_errors(self.comparison, chosen, lam, rank_extra)
+
+
+def where_intruders(counts: list[tuple[int | None, str, int]]) -> str:
+    """`counts`: (layer, module type, intruders) of each matrix with intruders. Says the total, the
+    fewest module types (one or two) that hold at least half of it, and the narrowest run of
+    layers that does, each when it is well above an even spread; or that they are spread evenly."""
+    total = sum(count for _, _, count in counts)
+    if not total:
+        return "no intruders at these thresholds"
+    by_module = Counter()
+    by_layer = Counter()
+    for layer, module, count in counts:
+        by_module[module] += count
+        if layer is not None:
+            by_layer[layer] += count
+    parts = [f"{total} intruder{'' if total == 1 else 's'}"]
+    if len(counts) == 1:
+        layer, module, _ = counts[0]
+        return parts[0] + f": all in {module}" + ("" if layer is None else f", layer {layer}")
+    modules, held = [], 0
+    for module, count in by_module.most_common():
+        if held * 2 >= total:
+            break
+        modules.append(module)
+        held += count
+    if len(modules) <= min(2, len(by_module) - 1) and _concentrated(held / total, len(modules) / len(by_module)):
+        parts.append(f"{held / total:.0%} in {_module_names(modules)}")
+    span = _layer_span(by_layer, total)
+    if span is not None and _concentrated(span[1] / total, (span[0][1] - span[0][0] + 1) / len(by_layer)):
+        (first, last), held = span
+        layers = f"layer {first}" if first == last else f"layers {first}–{last}"
+        parts.append(f"{held / total:.0%} in {layers}")
+    if len(parts) == 1:
+        parts.append("spread over every module type and layer")
+    return parts[0] + ": " + ", ".join(parts[1:])
+
+
+def _concentrated(share: float, of_places: float) -> bool:
+    """Whether a share of the intruders in a share of the places is worth saying (well above even)."""
+    return share >= 1.5 * of_places
+
+
+def _module_names(modules: list[str]) -> str:
+    """mlp.gate_proj, mlp.up_proj → mlp.gate/up."""
+    heads = {m.rpartition(".")[0] for m in modules}
+    tails = [m.rpartition(".")[2].removesuffix("_proj") for m in modules]
+    if len(heads) == 1 and "" not in heads:
+        return f"{heads.pop()}.{'/'.join(tails)}"
+    return "/".join(m.removesuffix("_proj") for m in modules)
+
+
+def _layer_span(by_layer: Counter, total: int) -> tuple[tuple[int, int], int] | None:
+    """The narrowest run of consecutive layers holding at least half of the intruders (of two as
+    narrow, the one holding more), if it is narrower than all the layers that have any."""
+    layers = sorted(by_layer)
+    if len(layers) < 2:
+        return None
+    best = None
+    for i, first in enumerate(layers):
+        held = 0
+        for last in layers[i:]:
+            held += by_layer[last]
+            if held * 2 >= total:
+                width = last - first
+                if best is None or (width, -held) < (best[0][1] - best[0][0], -best[1]):
+                    best = ((first, last), held)
+                break
+    if best is None or best[0] == (layers[0], layers[-1]):
+        return None
+    return best
 
 
 def next_with_intruders(order: list[str], current: str | None, flagged: set[str], step: int) -> str | None:

@@ -18,7 +18,7 @@ from spectui.locations import sample_comparison, samples_dir
 from spectui.tui.app import SpectuiApp
 from spectui.tui.inspector import Inspector
 from spectui.tui.screens.runs import RunsScreen
-from spectui.tui.widgets.run_table import RunTable
+from spectui.tui.widgets.run_table import COLUMNS, RunTable
 
 BASE = samples_dir() / "base"
 pytestmark = pytest.mark.skipif(not (BASE / "tokenizer.json").is_file(),
@@ -75,14 +75,15 @@ async def test_start_up_and_the_runs_list_survive_hostile_runs(app, root):
         assert isinstance(app.screen, RunsScreen)
         table = app.screen.query_one(RunTable)
         await wait_until(pilot, lambda: table.row_count == 5, "every run listed")
-        rows = {str(table.get_row_at(i)[0]): [str(cell) for cell in table.get_row_at(i)]
+        rows = {str(table.get_row_at(i)[0]): dict(zip(COLUMNS, map(str, table.get_row_at(i))))
                 for i in range(table.row_count)}
-        assert rows["good"][1:4] == ["done", "5/20", "1.2500"]
-        assert rows["bad-status"][1] == "unknown" and "status: 'bogus'" in rows["bad-status"][-1]
-        assert rows["bad-pid"][1] == "unknown" and "pid: not a process id" in rows["bad-pid"][-1]
-        assert "metrics.jsonl: line 1 has no step" in rows["bad-metrics"][-1]
-        assert rows["bad-spec"][1] == "unknown"  # queued, and so followed, were its spec fine
-        assert "spec.json: method must be a string" in rows["bad-spec"][-1]
+        good = rows["good"]
+        assert (good["method"], good["state"], good["step"], good["loss"]) == ("lora r=8", "done", "5/20", "1.2500")
+        assert rows["bad-status"]["state"] == "unknown" and "status: 'bogus'" in rows["bad-status"]["note"]
+        assert rows["bad-pid"]["state"] == "unknown" and "pid: not a process id" in rows["bad-pid"]["note"]
+        assert "metrics.jsonl: line 1 has no step" in rows["bad-metrics"]["note"]
+        assert rows["bad-spec"]["state"] == "unknown"  # queued, and so followed, were its spec fine
+        assert rows["bad-spec"]["method"] == "?" and "spec.json: method must be a string" in rows["bad-spec"]["note"]
         await pilot.pause(1.5)  # a refresh or two of the list
         assert app.is_running and isinstance(app.screen, RunsScreen)
         await pilot.press(*["down"] * list(rows).index("bad-spec"), "enter")
@@ -99,8 +100,8 @@ async def test_start_up_survives_a_live_run_whose_spec_is_damaged(app, root):
         await pilot.press("R")
         table = app.screen.query_one(RunTable)
         await wait_until(pilot, lambda: table.row_count == 1, "the run listed")
-        assert str(table.get_row_at(0)[1]) == "unknown"
-        assert "spec.json: invalid JSON" in str(table.get_row_at(0)[-1])
+        row = dict(zip(COLUMNS, map(str, table.get_row_at(0))))
+        assert row["state"] == "unknown" and "spec.json: invalid JSON" in row["note"]
         assert app.is_running and not any("re-attached" in n for n in app.notified)
 
 

@@ -1,4 +1,5 @@
-"""Snapshots of the overview and a matrix detail at 80×24 and 120×40 (pytest-textual-snapshot).
+"""Snapshots at fixed terminal sizes (pytest-textual-snapshot): the overview and a matrix in detail at
+80×24 and 120×40, the overview with NO_COLOR, the help screen, the Mitigate view with an invalid λ.
 
 Regenerate after an intended change with `pytest tests/tui/test_snapshots.py --snapshot-update`
 and look at the report before committing.
@@ -17,6 +18,13 @@ def test_overview(snap_compare, make_app, size):
 
 
 @pytest.mark.slow
+def test_overview_without_colour(snap_compare, make_app, monkeypatch):
+    """NO_COLOR: every series, count and state still reads (markers and glyphs, not colour)."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=wait_for_scan)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_matrix_detail(snap_compare, make_app, size):
     async def open_first_with_intruders(pilot):
@@ -25,3 +33,30 @@ def test_matrix_detail(snap_compare, make_app, size):
         await pilot.pause(0.3)
 
     assert snap_compare(make_app(), terminal_size=size, run_before=open_first_with_intruders)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_help(snap_compare, make_app, size):
+    async def open_help(pilot):
+        await wait_for_scan(pilot)
+        await pilot.press("question_mark")
+        await pilot.pause(0.3)
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=open_help)
+
+
+@pytest.mark.slow
+def test_mitigate_with_an_invalid_lambda(snap_compare, make_app):
+    async def type_a_bad_lambda(pilot):
+        await wait_for_scan(pilot)
+        await pilot.press("n", "s")
+        refit = pilot.app.screen.query_one("#refit")
+        for _ in range(300):
+            if "error up to" in str(refit.render()):
+                break
+            await pilot.pause(0.1)
+        await pilot.press("l", "end", *["backspace"] * 4, "3", "enter")
+        await pilot.pause(0.3)
+
+    assert snap_compare(make_app(), terminal_size=(100, 30), run_before=type_a_bad_lambda)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 
@@ -105,7 +106,10 @@ async def test_launch_a_lora_run_follow_it_and_open_its_output(app, tmp_path):
         await wait_until(pilot, lambda: len(view.latest.points) == 2, "both checkpoints scanned")
         assert "step 4/4" in text(screen.query_one("#run-progress-label"))
         assert [row["step"] for row in view.latest.rows][-1] == 4
-        assert "output:" in "\n".join(screen.query_one("#run-log").lines)
+        assert "output:" in "\n".join(screen.query_one("#run-log").text)
+        outcome = text(screen.query_one("#run-outcome"))
+        assert outcome.startswith("done: ") and "intruders at step 4" in outcome
+        assert str(run_output(tmp_path)) in outcome
 
         await pilot.press("o")
         await pilot.pause()
@@ -164,6 +168,10 @@ async def test_method_sets_defaults_and_warnings_and_presets_round_trip(app, tmp
         assert (form.spec.method, form.spec.rank, form.spec.lr) == ("pissa", 16, 0.001)
 
 
+def run_output(tmp_path):
+    return Run(tmp_path / "runs" / "pilot-lora").output_dir
+
+
 def finished_run(root, name: str, base=BASE) -> Run:
     run = create_run(RunSpec(base=str(base), data="task.jsonl", max_steps=4, name=name), root)
     row = {"step": 4, "max_steps": 4, "loss": 1.25, "eval_loss": 1.5, "elapsed_s": 3.0}
@@ -187,7 +195,7 @@ async def test_runs_list_reattaches_a_live_run_and_shows_it_interrupted_once_kil
             table = app.screen.query_one(RunTable)
 
             def states() -> dict[str, str]:
-                return {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[1])
+                return {str(table.get_row_at(i)[0]): str(table.get_row_at(i)[2])
                         for i in range(table.row_count)}
 
             await wait_until(pilot, lambda: len(states()) == 2, "both runs listed", 10)
@@ -241,3 +249,119 @@ async def test_runs_list_adds_a_finished_result_with_one_key_and_refuses_an_unfi
         await press_on("a-done", "o")  # already there: shown, not added twice
         assert isinstance(app.screen, OverviewScreen) and len(app.inspector.labels) == 2
         assert app.model == 1
+
+
+async def test_the_data_file_is_checked_as_it_is_typed(app, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"txt": "2 + 2 = 4"}\n')
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("r", "tab", "tab", "tab")
+        form = app.screen.query_one(SpecForm)
+        assert app.focused is form.editor("data")
+        await pilot.press("ctrl+u", *str(tmp_path / "missing.jsonl"))
+        await pilot.pause()
+        assert error_of(form, "data") == f"{tmp_path / 'missing.jsonl'}: file not found"
+        assert app.screen.query_one("#launch").disabled
+        fill(form, data=str(bad))
+        await wait_until(pilot, lambda: "missing field" in error_of(form, "data"), "the content check", 10)
+        assert error_of(form, "data") == f"{bad}: missing field `text` at line 1"  # before any launch
+        fill(form, data=str(samples_dir() / "data" / "task.jsonl"))
+        await wait_until(pilot, lambda: not error_of(form, "data"), "the good file", 10)
+        assert not list_runs()
+
+
+def live_run(root, name: str, **spec) -> Run:
+    """A run whose process is this test's own (alive, so the run reads live), files written by hand."""
+    from spectui.finetune.runs import _process_start
+
+    run = create_run(RunSpec(base=str(BASE), data=str(samples_dir() / "data" / "task.jsonl"), name=name,
+                             **spec), root)
+    run.set_status(State.RUNNING)
+    (run.path / "pid").write_text(f"{os.getpid()} {_process_start(os.getpid())}\n")
+    return run
+
+
+async def test_a_starting_run_says_so_and_its_log_wraps_without_library_warnings(app, tmp_path):
+    run = live_run(tmp_path / "runs", "starting", max_steps=200)
+    long = "lora on base: " + "x" * 150
+    run.log_path.write_text(
+        "/venv/lib/python3.11/site-packages/transformers/utils.py:42: FutureWarning: `foo` is deprecated\n"
+        "  warnings.warn(\n" + long + "\nwarning: spectui's own warning stays\n")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.push_screen(RunScreen(run))
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.query_one(RunView).latest is not None, "the view", 10)
+        await pilot.pause()
+        progress = text(screen.query_one("#run-progress-label"))
+        assert progress.startswith("starting") and "loading the model" in progress, progress
+        assert "step 0/200" not in progress and "1 library warning(s) kept in log.txt" in progress
+        log = screen.query_one("#run-log")
+        assert log.text == [long, "warning: spectui's own warning stays"] and log.wrap
+        assert log.virtual_size.width <= log.size.width  # wrapped to the pane, not cut at its edge
+        run.append_metrics({"step": 1, "max_steps": 200, "loss": 2.0, "elapsed_s": 1.5})
+        await wait_until(pilot, lambda: "step 1/200" in text(screen.query_one("#run-progress-label")),
+                         "the first step", 10)
+
+
+async def test_cancel_and_resume_say_what_is_true(app, tmp_path):
+    from spectui.tui.screens.runs import ConfirmScreen
+
+    run = live_run(tmp_path / "runs", "no-checkpoint", max_steps=225, save_every=50)
+    for step in range(1, 31):
+        run.append_metrics({"step": step, "max_steps": 225, "loss": 2.0, "elapsed_s": float(step)})
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.push_screen(RunScreen(run))
+        screen = app.screen
+        await wait_until(pilot, lambda: screen.state is State.RUNNING, "the view", 10)
+        await pilot.press("c")
+        assert isinstance(app.screen, ConfirmScreen)
+        question = app.screen.question
+        assert "at step 30" in question and "no checkpoint yet (the first is written at step 50)" in question
+        assert "start again from step 0" in question and "are kept" not in question
+        await pilot.press("n")
+        checkpoint = run.checkpoint_dir(20)
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "state.pt").write_bytes(b"")
+        await pilot.press("c")
+        question = app.screen.question
+        assert "checkpoint at step 20 is kept" in question and "the 10 steps after it are redone" in question
+        await pilot.press("n")
+
+
+def test_a_run_started_again_shows_only_its_new_steps():
+    from spectui.tui.widgets.run_view import latest_attempt
+
+    rows = [{"step": s} for s in (1, 2, 3, 30)] + [{"step": s} for s in (1, 2)]  # restarted from 0
+    assert [r["step"] for r in latest_attempt(rows)] == [1, 2]
+    rows = [{"step": s} for s in (10, 20, 30)] + [{"step": 21}]  # resumed from the checkpoint at 20
+    assert [r["step"] for r in latest_attempt(rows)] == [10, 20, 21]
+
+
+def test_the_resume_file_is_the_one_the_runner_writes():
+    from spectui.finetune.checkpoints import STATE_FILE
+    from spectui.tui.widgets.run_view import RESUME_FILE
+
+    assert RESUME_FILE == STATE_FILE
+
+
+async def test_the_runs_list_has_method_start_and_time(app, tmp_path):
+    finished_run(tmp_path / "runs", "timed")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("R")
+        table = app.screen.query_one(RunTable)
+        await wait_until(pilot, lambda: table.row_count == 1, "the run listed", 10)
+        header = [str(column.label) for column in table.columns.values()]
+        assert header[:6] == ["run", "method", "state", "started", "step", "time"]
+        row = [str(cell) for cell in table.get_row_at(0)]
+        assert row[1] == "lora r=8" or row[1].startswith("lora r=")
+        assert re.fullmatch(r"\d\d:\d\d", row[3]) and row[5] == "3s"
+
+
+async def test_a_finished_run_is_summed_up(app, tmp_path):
+    run = finished_run(tmp_path / "runs", "summed")
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.push_screen(RunScreen(run))
+        await wait_until(pilot, lambda: app.screen.state is State.DONE, "the view", 10)
+        await pilot.pause()
+        outcome = text(app.screen.query_one("#run-outcome"))
+        assert outcome.startswith("done: eval loss 1.5000 at step 4") and str(run.output_dir) in outcome

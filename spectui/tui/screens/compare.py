@@ -9,12 +9,20 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header
 
 from spectui.defaults import EPSILON_SWEEP
+from spectui.tui.keys import footer
 from spectui.tui.screens.base import ResultsScreen
+from spectui.tui.widgets.formats import rank, ratio
 from spectui.tui.widgets.plots import CurvePlot
 
 
 class CompareScreen(ResultsScreen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back")]
+    HELP_TITLE = "Compare"
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back", tooltip="back"),
+        Binding("enter", "show_model", "Show model", show=False,
+                tooltip="show the highlighted model everywhere (the overview, the matrix views)"),
+        *footer("mitigate", "help"),
+    ]
 
     def __init__(self, inspector) -> None:
         super().__init__()
@@ -26,13 +34,13 @@ class CompareScreen(ResultsScreen):
         with Horizontal(id="compare-plots"):
             yield CurvePlot(id="compare-eps")
             yield CurvePlot(id="compare-k")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         table.add_columns("tuned model", "kind", "intruders", "matrices with", "median ‖ΔW‖/‖W0‖",
                           "median eff. rank ΔW")
-        table.focus()
+        self.set_focus(table)
         self.update_view()
 
     def update_view(self) -> None:
@@ -45,8 +53,8 @@ class CompareScreen(ResultsScreen):
         for model, s in enumerate(scan.summaries(k, eps)):
             table.add_row(
                 s.label, s.description, str(s.total), f"{s.with_intruders}/{s.matrices}",
-                "…" if s.median_rel_norm is None else f"{s.median_rel_norm:#.3g}",
-                "…" if s.median_effective_rank is None else f"{s.median_effective_rank:.1f}",
+                "…" if s.median_rel_norm is None else ratio(s.median_rel_norm),
+                "…" if s.median_effective_rank is None else rank(s.median_effective_rank),
                 key=str(model),
             )
         table.move_cursor(row=min(row, table.row_count - 1))
@@ -56,9 +64,15 @@ class CompareScreen(ResultsScreen):
             f"intruders vs ε (k={k})", "ε", mark=eps)
         self.query_one("#compare-k", CurvePlot).show(
             ks, [(label, scan.k_curve(i, eps, ks)) for i, label in enumerate(ins.labels)],
-            f"intruders vs k (ε={eps:.2f})", "k", mark=k)
+            f"intruders vs k (ε={eps:.2f})", "k", mark=k, integer_x=True)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """Enter shows that model everywhere (the overview, the matrix views)."""
         self.app.model = int(event.row_key.value)
         self.app.pop_screen()
+
+    def action_show_model(self) -> None:
+        table = self.query_one(DataTable)
+        if table.row_count:
+            self.app.model = table.cursor_row
+            self.app.pop_screen()

@@ -9,7 +9,9 @@ from textual.widgets import Footer, Header, Static
 
 from spectui.checkpoint.names import short_name
 from spectui.tui.inspector import next_with_intruders
+from spectui.tui.keys import footer
 from spectui.tui.screens.base import ResultsScreen
+from spectui.tui.widgets import formats
 from spectui.tui.widgets.heatmap import Heatmap
 from spectui.tui.widgets.plots import SpectrumPlot
 from spectui.tui.widgets.vector_table import VectorTable
@@ -18,11 +20,13 @@ HEATMAP_MIN = 10  # the paper's Fig. 3 shows the top 10 × 10
 
 
 class MatrixScreen(ResultsScreen):
+    HELP_TITLE = "Matrix"
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("n", "jump(1)", "Next intr."),
-        Binding("p", "jump(-1)", "Prev intr."),
-        Binding("v", "overlay", "Overlay models"),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back to the overview"),
+        Binding("n", "jump(1)", "Next intr.", tooltip="next matrix with intruders"),
+        Binding("p", "jump(-1)", "Prev intr.", show=False, tooltip="previous matrix with intruders"),
+        Binding("v", "overlay", "Overlay", tooltip="overlay the other tuned models' spectra"),
+        *footer("mitigate", "compare", "help"),
     ]
 
     def __init__(self, inspector, name: str) -> None:
@@ -39,12 +43,12 @@ class MatrixScreen(ResultsScreen):
             yield SpectrumPlot(id="spectrum")
             yield Heatmap(id="heatmap")
         yield VectorTable(id="vectors")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.inspector.prioritize(self.matrix)
         self.update_view()
-        self.query_one(VectorTable).focus()
+        self.set_focus(self.query_one(VectorTable))
 
     def update_view(self) -> None:
         app, ins = self.app, self.inspector
@@ -72,12 +76,13 @@ class MatrixScreen(ResultsScreen):
         warning = ("\n[yellow]~ the base matrix looks random (Marchenko–Pastur): "
                    "its intruders mean little[/]") if result.base_random_like else ""
         plural = "" if len(ranks) == 1 else "s"
-        where = f" at rank{plural} {', '.join(map(str, ranks))}" if ranks else ""
+        where = f" at rank{plural} {formats.ranks(ranks)} ({formats.RANKS_FROM})" if ranks else ""
         info.update(
             f"{title} {result.shape[0]}×{result.shape[1]} · [b]{len(ranks)}[/] intruder{plural}{where} "
             f"(k={k}, ε={eps:.2f}) · "
-            f"‖ΔW‖/‖W0‖ {result.delta_rel_norm:#.3g} · eff. rank ΔW {result.delta_effective_rank:.1f} · "
-            f"stable rank {result.stable_rank_base:.1f} → {result.stable_rank_tuned:.1f}{warning}"
+            f"‖ΔW‖/‖W0‖ {formats.ratio(result.delta_rel_norm)} · "
+            f"eff. rank ΔW {formats.rank(result.delta_effective_rank)} · "
+            f"stable rank {formats.rank(result.stable_rank_base)} → {formats.rank(result.stable_rank_tuned)}{warning}"
         )
         others = [(f"{label} σ", other.sigma_tuned) for i, label in enumerate(ins.labels)
                   if self.overlay and i != model and (other := ins.result(i, self.matrix)) is not None]

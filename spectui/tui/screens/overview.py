@@ -1,26 +1,39 @@
-"""The model at a glance: the matrix list, the layer × module grid, totals and the ε curve."""
+"""The model at a glance: the matrix list, the layer × module grid, totals, where the intruders
+are, and the ε curve."""
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Header, Input, Static
 
+from spectui.checkpoint.names import short_name
 from spectui.defaults import EPSILON_SWEEP
 from spectui.tui.inspector import next_with_intruders
+from spectui.tui.keys import footer
+from spectui.tui.messages import MatrixHighlighted
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.matrix_list import MatrixList
 from spectui.tui.widgets.overview_grid import OverviewGrid
 from spectui.tui.widgets.plots import CurvePlot
 from spectui.tui.widgets.scan_status import ScanStatus
+from spectui.tui.widgets.styles import count_text
 
 
 class OverviewScreen(ResultsScreen):
+    HELP_TITLE = "Overview"
     BINDINGS = [
-        Binding("slash", "filter", "Filter"),
-        Binding("n", "jump(1)", "Next intr."),
-        Binding("p", "jump(-1)", "Prev intr."),
+        # priority: taken before the keys queued after it are handed out, so they go to the filter
+        Binding("slash", "filter", "Filter", show=False, priority=True,
+                tooltip="filter the list by name; Enter or Esc goes back to the list"),
+        Binding("n", "jump(1)", "Next intr.", tooltip="next matrix with intruders"),
+        Binding("p", "jump(-1)", "Prev intr.", show=False, tooltip="previous matrix with intruders"),
+        Binding("o", "sort", "Sort", show=False,
+                tooltip="sort the list: checkpoint order, most intruders, largest ΔW/W0, name"),
+        Binding("escape", "leave_filter", "Leave filter", show=False, tooltip="from the filter box back to the list"),
+        *footer("mitigate", "compare", "export", "train", "runs", "help"),
     ]
 
     def __init__(self, inspector) -> None:
@@ -30,38 +43,82 @@ class OverviewScreen(ResultsScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield ScanStatus()
+        yield ScanStatus(self.inspector)
         with Horizontal(id="overview-body"):
             yield MatrixList(self.inspector, id="matrix-list")
             with Vertical(id="overview-right"):
                 yield Static("", id="totals")
                 yield OverviewGrid(self.inspector, id="grid")
+                yield Static("", id="grid-note")
                 yield CurvePlot(id="eps-curve")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.update_view()
-        self.query_one("#matrices").focus()
+        self.set_focus(self.query_one("#matrices"))
 
     def update_view(self) -> None:
         app, ins = self.app, self.inspector
         model, k, eps = app.model, app.k, app.epsilon
-        self.query_one(ScanStatus).show(*ins.progress, ins.finished, len(ins.errors))
         self.query_one(MatrixList).show(model, k, eps)
         self.query_one(OverviewGrid).show(model, k, eps)
         scan = ins.scan_results
         s = scan.summary(model, k, eps)
+        where = ins.where(model, k, eps) if ins.finished else "where the intruders are: once the scan is done"
         self.query_one("#totals", Static).update(
             f"[b]{s.label}[/] ({s.description}): "
-            f"[b]{s.total}[/] intruders in {s.with_intruders}/{s.matrices} matrices · k={k} ε={eps:.2f}"
+            f"[b]{s.total}[/] intruders in {s.with_intruders}/{s.matrices} matrices · k={k} ε={eps:.2f}\n"
+            f"[dim]{where}[/]"
         )
+        self._grid_note()
         curves = ins.epsilon_curves(k)
         if (curves, k, eps) != self._curves:  # plotext redraws are the costliest part of a refresh
             self._curves = (curves, k, eps)
-            self.query_one(CurvePlot).show(list(EPSILON_SWEEP), curves, f"intruders vs ε  (k={k})", "ε", mark=eps)
+            self.query_one(CurvePlot).show(list(EPSILON_SWEEP), curves, f"intruders vs ε (k={k})", "ε", mark=eps)
+
+    def _grid_note(self) -> None:
+        """The matrix highlighted (in the list or the grid, which follow each other) named in
+        full under the grid, whose columns are abbreviated."""
+        name = self.query_one(OverviewGrid).highlighted
+        note = self.query_one("#grid-note", Static)
+        if name is None:
+            note.update("")
+            return
+        app = self.app
+        view = self.inspector.row(app.model, name, app.k, app.epsilon)
+        count = count_text(view)
+        if view.status == "done":
+            note.update(Text.assemble((short_name(name), "bold"), ": ", count, " intruders"))
+        else:
+            note.update(Text.assemble((short_name(name), "bold"), f": {view.status}"))
+
+    def on_matrix_highlighted(self, message: MatrixHighlighted) -> None:
+        """The list and the grid show the same matrix: the one not in focus follows. (The message
+        goes on to the app, which moves the matrix up the scan queue.)"""
+        grid, listing = self.query_one(OverviewGrid), self.query_one(MatrixList)
+        if self.focused is grid:
+            listing.select(message.name)
+        else:
+            grid.select(message.name)
+        self._grid_note()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """`/` typed in the filter box is text, not the key that focuses it."""
+        if action == "filter":
+            return not isinstance(self.focused, Input)
+        return True
 
     def action_filter(self) -> None:
         self.query_one(MatrixList).focus_filter()
+
+    def action_leave_filter(self) -> None:
+        listing = self.query_one(MatrixList)
+        if isinstance(self.focused, Input):
+            self.set_focus(listing.table)
+
+    def action_sort(self) -> None:
+        order = self.query_one(MatrixList).cycle_sort()
+        self.notify(f"matrices {order}", timeout=2)
 
     def action_jump(self, step: int) -> None:
         """Move the list cursor to the next (or previous) matrix with intruders, wrapping."""
@@ -72,4 +129,4 @@ class OverviewScreen(ResultsScreen):
             self.notify("no matrix has intruders at these thresholds", severity="warning")
         else:
             listing.select(target)
-            listing.table.focus()
+            self.set_focus(listing.table)

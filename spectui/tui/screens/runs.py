@@ -13,10 +13,11 @@ from textual.widgets import DataTable, Footer, Header, Label, Static
 from spectui.errors import InputError
 from spectui.finetune.runs import LIVE, Run, RunError, State, list_runs
 from spectui.locations import runs_dir
+from spectui.tui.keys import footer
 from spectui.tui.messages import RunStateChanged, ThresholdsChanged
 from spectui.tui.screens.base import SpectuiScreen
 from spectui.tui.widgets.run_table import RunRow, RunTable
-from spectui.tui.widgets.run_view import RunView
+from spectui.tui.widgets.run_view import RunView, resume_step
 
 LIST_REFRESH_S = 1.0
 
@@ -42,12 +43,14 @@ class ConfirmScreen(ModalScreen[bool]):
 class RunScreen(SpectuiScreen):
     """One run, live. Its checkpoints are scanned for intruders while it is followed."""
 
+    HELP_TITLE = "Run"
     BINDINGS = [
-        Binding("c", "cancel_run", "Cancel run"),
-        Binding("u", "resume_run", "Resume"),
-        Binding("o", "open_output", "Open result"),
-        Binding("a", "add_output", "Add to comparison"),
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back (the run goes on)"),
+        Binding("c", "cancel_run", "Cancel run", tooltip="stop the run (asks first, says what a resume would do)"),
+        Binding("u", "resume_run", "Resume", tooltip="start a stopped run again, from its last checkpoint"),
+        Binding("o", "open_output", "Open result", tooltip="show the finished run's output on the overview"),
+        Binding("a", "add_output", "Add to comparison", tooltip="add the finished run's output to the comparison"),
+        *footer("help"),
     ]
 
     def __init__(self, run: Run) -> None:
@@ -59,7 +62,7 @@ class RunScreen(SpectuiScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield RunView(self.run, id="run-view")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.app.follow_runs([self.run])
@@ -81,7 +84,13 @@ class RunScreen(SpectuiScreen):
             "open_output": self.state is State.DONE,
             "add_output": self.state is State.DONE,
         }
-        return allowed.get(action, True) or None
+        if action not in allowed:
+            return True
+        return allowed[action] or None
+
+    def _steps_done(self) -> int:
+        latest = self.query_one(RunView).latest
+        return latest.rows[-1]["step"] if latest and latest.rows else 0
 
     def action_cancel_run(self) -> None:
         def cancel(yes: bool) -> None:
@@ -91,17 +100,32 @@ class RunScreen(SpectuiScreen):
                 except InputError as error:
                     self.app.tell(error)
 
-        self.app.push_screen(ConfirmScreen(f"Cancel {self.run.name}? Its checkpoints are kept, "
-                                           "so it can be resumed."), cancel)
+        self.app.push_screen(ConfirmScreen(cancel_question(self.run, self._steps_done())), cancel)
 
     def action_resume_run(self) -> None:
-        self.resume_run()
+        start = resume_step(self.run)
+        if start == 0 and self._steps_done() > 0:
+            def restart(yes: bool) -> None:
+                if yes:
+                    self.resume_run(0)
+
+            self.app.push_screen(ConfirmScreen(
+                f"{self.run.name} has no checkpoint to resume from: it would start again from step 0, "
+                f"redoing its {self._steps_done()} steps. Start it again?"), restart)
+        else:
+            self.resume_run(start)
 
     @work(thread=True, group="run-control", exclusive=True, exit_on_error=False)
-    def resume_run(self) -> None:
+    def resume_run(self, start: int) -> None:
         """Off the UI thread: launching may first count GPUs, which imports torch."""
         self.run.resume()
-        self.app.call_from_thread(self.app.follow_runs, [self.run])
+        self.app.call_from_thread(self._resumed, start)
+
+    def _resumed(self, start: int) -> None:
+        self.query_one(RunView).resumed_from(start)
+        self.notify(f"{self.run.name}: {'started again from step 0' if start == 0 else f'resuming from step {start}'}",
+                    title="resumed")
+        self.app.follow_runs([self.run])
 
     def action_open_output(self) -> None:
         self.app.show_run_output(self.run)
@@ -110,13 +134,38 @@ class RunScreen(SpectuiScreen):
         self.app.add_run_output(self.run)
 
 
+def cancel_question(run: Run, steps_done: int) -> str:
+    """What cancelling keeps, in words that are true for this run now."""
+    start = resume_step(run)
+    if start:
+        redo = f"; the {steps_done - start} steps after it are redone" if steps_done > start else ""
+        keep = f"Its checkpoint at step {start} is kept: resume (u) continues from there{redo}."
+    else:
+        every = run.spec().save_every if _readable_spec(run) else None
+        when = (" (it saves none: checkpoint every 0)" if every == 0 else
+                f" (the first is written at step {every})" if every else "")
+        keep = f"It has no checkpoint yet{when}, so resume (u) would start again from step 0."
+    return f"Cancel {run.name} at step {steps_done}? {keep}"
+
+
+def _readable_spec(run: Run) -> bool:
+    try:
+        run.spec()
+    except InputError:
+        return False
+    return True
+
+
 class RunsScreen(SpectuiScreen):
     """Every run under the runs folder with its state and latest figures, kept current."""
 
+    HELP_TITLE = "Runs"
     BINDINGS = [
-        Binding("o", "open_output", "Open result"),
-        Binding("a", "add_output", "Add to comparison"),
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back"),
+        Binding("enter", "open_run", "Open run", show=False, tooltip="the highlighted run's live view"),
+        Binding("o", "open_output", "Open result", tooltip="show the finished run's output on the overview"),
+        Binding("a", "add_output", "Add to comparison", tooltip="add the finished run's output to the comparison"),
+        *footer("train", "help"),
     ]
 
     def __init__(self) -> None:
@@ -127,12 +176,12 @@ class RunsScreen(SpectuiScreen):
         yield Header()
         yield Static(self._title(), id="runs-title")
         yield RunTable(id="runs-table")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self._refresh()
         self.set_interval(LIST_REFRESH_S, self._refresh)
-        self.query_one(RunTable).focus()
+        self.set_focus(self.query_one(RunTable))
 
     def on_thresholds_changed(self, _: ThresholdsChanged) -> None:
         self._refresh()
@@ -176,8 +225,14 @@ class RunsScreen(SpectuiScreen):
         if run := self._highlighted():
             self.app.add_run_output(run)
 
+    def action_open_run(self) -> None:
+        if path := self.query_one(RunTable).highlighted():
+            self._open(Run(path))
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        run = Run(event.row_key.value)
+        self._open(Run(event.row_key.value))
+
+    def _open(self, run: Run) -> None:
         try:
             run.spec()  # the run's view shows its spec: one it cannot read is told instead
         except InputError as error:

@@ -24,9 +24,11 @@ from spectui.finetune.data import DataError, load_splits
 from spectui.finetune.runs import RunError, State, create_run
 from spectui.finetune.spec import RunSpec, SpecError, load_spec, render_command, save_spec
 from spectui.locations import presets_dir, samples_dir
+from spectui.tui.keys import footer
 from spectui.tui.messages import SpecEdited
 from spectui.tui.screens.base import SpectuiScreen
 from spectui.tui.screens.runs import RunScreen
+from spectui.tui.widgets.field import Field
 from spectui.tui.widgets.spec_form import SpecForm
 
 _PRESET_NAME = re.compile(r"\w[\w.-]*")
@@ -34,11 +36,13 @@ _PRESET_NAME = re.compile(r"\w[\w.-]*")
 
 class TrainScreen(SpectuiScreen):
     AUTO_FOCUS = "#field-method"
+    HELP_TITLE = "Train"
     BINDINGS = [
-        Binding("ctrl+r", "launch", "Launch"),
-        Binding("ctrl+s", "save_preset", "Save preset"),
-        Binding("ctrl+o", "load_preset", "Load preset"),
-        Binding("escape", "app.pop_screen", "Back"),
+        Binding("escape", "app.pop_screen", "Back", tooltip="back (nothing is launched)"),
+        Binding("ctrl+r", "launch", "Launch", tooltip="start the run, detached: it outlives spectui"),
+        Binding("ctrl+s", "save_preset", "Save preset", tooltip="save the form as a named preset"),
+        Binding("ctrl+o", "load_preset", "Load preset", tooltip="fill the form from a saved preset"),
+        *footer("help"),
     ]
 
     def __init__(self, base: Path) -> None:
@@ -55,7 +59,7 @@ class TrainScreen(SpectuiScreen):
             yield Static("", id="train-notes")
             yield Static("", id="train-command")
             yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_spec_edited(self, message: SpecEdited) -> None:
         """Preview the command, say what blocks the launch, and warn about what is valid but risky."""
@@ -148,7 +152,7 @@ class PresetNameScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Label("[b]Save preset[/] — a name (letters, digits, '.', '-', '_'); Enter saves")
-            yield Input(id="preset-name")
+            yield Field(id="preset-name")
             yield Static("", id="preset-error")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -1,4 +1,5 @@
-"""The list of matrices: filterable, keyboard first; highlighting one moves it up the scan queue."""
+"""The list of matrices: filterable, sortable, keyboard first; highlighting one moves it up the scan
+queue."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Input, Static
 
-from spectui.tui.inspector import Entry, Inspector
+from spectui.tui.inspector import Entry, Inspector, RowView
 from spectui.tui.messages import MatrixHighlighted, OpenMatrix
+from spectui.tui.widgets.field import Field
+from spectui.tui.widgets.formats import ratio
 from spectui.tui.widgets.styles import count_text
+
+# The orders `o` cycles through: (key, words for the note, column marked)
+SORTS = (("checkpoint", "checkpoint order", None), ("intruders", "most intruders first", "count"),
+         ("delta", "largest ΔW/W0 first", "delta"), ("name", "by name", "matrix"))
+HEADERS = {"matrix": "matrix", "count": "intr", "delta": "ΔW/W0"}
 
 
 class MatrixTable(DataTable):
@@ -26,15 +34,15 @@ class MatrixList(Vertical):
         super().__init__(**kwargs)
         self.inspector = inspector
         self.model, self.k, self.epsilon = 0, 10, 0.5
+        self.sort = 0  # index into SORTS
         self._entries: dict[str, Entry] = {}
-        self._shown: dict[str, tuple] = {}
+        self._shown: dict[str, RowView] = {}
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="/ filter by name", id="filter")
+        yield Field(placeholder="/ filter by name", id="filter", compact=True)
         table = MatrixTable(cursor_type="row", id="matrices")
-        table.add_column("matrix", key="matrix")
-        table.add_column("intr", key="count")
-        table.add_column("ΔW/W0", key="delta")
+        for key, header in HEADERS.items():
+            table.add_column(header, key=key)
         yield table
         yield Static("", id="row-note")
 
@@ -42,15 +50,51 @@ class MatrixList(Vertical):
     def table(self) -> MatrixTable:
         return self.query_one(MatrixTable)
 
+    @property
+    def sort_name(self) -> str:
+        return SORTS[self.sort][1]
+
     def show(self, model: int, k: int, epsilon: float) -> None:
-        """Re-read every row at (model, k, ε); only cells that changed are redrawn."""
+        """Re-read every row at (model, k, ε); only cells that changed are redrawn (all of them,
+        in their new order, when a sort by count or ΔW/W0 moves rows)."""
         if model != self.model or not self._entries:
             self.model = model
             self._rebuild()
         self.k, self.epsilon = k, epsilon
         for name in self._entries:
             self._update_row(name)
+        if SORTS[self.sort][0] in ("intruders", "delta") and self._order() != list(self._entries):
+            self._rebuild()
         self._update_note()
+
+    def cycle_sort(self) -> str:
+        """The next order (checkpoint, intruders, ΔW/W0, name); the cursor stays on its matrix."""
+        self.sort = (self.sort + 1) % len(SORTS)
+        marked = SORTS[self.sort][2]
+        for key, header in HEADERS.items():
+            self.table.columns[key].label = f"{header}▼" if key == marked and key != "matrix" else (
+                f"{header}▲" if key == marked else header)
+        self._rebuild()
+        self._update_note()
+        self.table.refresh()
+        return self.sort_name
+
+    def _order(self) -> list[str]:
+        """The listed names in the current order."""
+        names = list(self._entries)
+        how = SORTS[self.sort][0]
+        if how == "name":
+            return sorted(names, key=lambda n: self._entries[n].short)
+        if how == "checkpoint":
+            return [e.name for e in self.inspector.entries(self.model) if e.name in self._entries]
+
+        def key(name: str):
+            view = self.inspector.row(self.model, name, self.k, self.epsilon)
+            delta = view.delta_rel_norm if view.delta_rel_norm is not None else -1.0
+            return (view.status != "done", -(view.count if how == "intruders" else delta),
+                    -delta if how == "intruders" else 0)
+
+        return sorted(names, key=key)
 
     def _rebuild(self) -> None:
         needle = self.query_one("#filter", Input).value.strip().lower()
@@ -59,9 +103,12 @@ class MatrixList(Vertical):
         table.clear()
         self._shown.clear()
         self._entries = {e.name: e for e in self.inspector.entries(self.model) if needle in e.short.lower()}
+        self._entries = {name: self._entries[name] for name in self._order()}
         for entry in self._entries.values():
             style = "dim" if entry.skip_reason else ""
             table.add_row(f"[{style}]{entry.short}[/]" if style else entry.short, "", "", key=entry.name)
+        for name in self._entries:
+            self._update_row(name)
         if selected in self._entries:
             self.select(selected)
 
@@ -70,7 +117,7 @@ class MatrixList(Vertical):
         if self._shown.get(name) == view:
             return
         self._shown[name] = view
-        delta = "" if view.delta_rel_norm is None else f"{view.delta_rel_norm:#.3g}"
+        delta = "" if view.delta_rel_norm is None else ratio(view.delta_rel_norm)
         self.table.update_cell(name, "count", count_text(view))
         self.table.update_cell(name, "delta", delta)
 
@@ -100,8 +147,15 @@ class MatrixList(Vertical):
                 note = f"[red]error:[/] {error}"
             elif view is not None and view.random_like:
                 note = "[yellow]~ base looks random (Marchenko–Pastur): intruders here mean little[/]"
-        skipped_1d = self.inspector.one_d_skipped(self.model)
-        tail = f"[dim]{len(self._entries)} shown · {skipped_1d} 1-D tensors not listed[/]"
+        tuned = self.inspector.comparison.tuned[self.model]
+        scanned, skipped = len(tuned.pairing.matrices), len(tuned.pairing.skipped)
+        unlisted = skipped - sum(1 for e in self.inspector.entries(self.model) if e.skip_reason)
+        listed = len(self._entries)
+        total_listed = len(self.inspector.entries(self.model))
+        head = f"{listed} of {total_listed} match · " if listed != total_listed else ""
+        sort = "" if self.sort == 0 else f" · {self.sort_name} (o)"
+        hidden = f" ({unlisted} not listed: 1-D and the like)" if unlisted else ""
+        tail = f"[dim]{head}{scanned} scanned · {skipped} skipped{hidden}{sort}[/]"
         self.query_one("#row-note", Static).update(f"{note}\n{tail}" if note else tail)
 
     # -- events -------------------------------------------------------------------------------
@@ -112,7 +166,7 @@ class MatrixList(Vertical):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.table.focus()
+        self.screen.set_focus(self.table)
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         event.stop()
@@ -126,4 +180,6 @@ class MatrixList(Vertical):
             self.post_message(OpenMatrix(event.row_key.value))
 
     def focus_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        """Focus the filter now, not after the queued keys: what is typed right after `/` is the
+        filter's (Widget.focus() waits for the message queue, where those keys already are)."""
+        self.screen.set_focus(self.query_one("#filter", Input))

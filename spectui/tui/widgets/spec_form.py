@@ -10,7 +10,7 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.suggester import Suggester, SuggestFromList
@@ -19,6 +19,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from spectui.finetune.spec import TARGET_PRESETS, RunSpec, SpecError, field_kind, parse_field
 from spectui.tui.messages import SpecEdited
+from spectui.tui.widgets.field import Field
 from spectui.tui.widgets.toggles import Check
 
 FORM_FIELDS = (
@@ -65,7 +66,9 @@ class SpecForm(VerticalScroll):
         super().__init__(**kwargs)
         self.spec = spec
         self.errors: dict[str, str] = {}
-        self._launch_errors: dict[str, str] = {}  # found only at launch (e.g. the data's content)
+        self._launch_errors: dict[str, str] = {}  # found only at launch (e.g. the run's name taken)
+        self._data_checked: tuple | None = None  # what the data check below last read
+        self._data_error = ""  # the data file's content, read off the UI thread
 
     def compose(self) -> ComposeResult:
         for name in FORM_FIELDS:
@@ -118,6 +121,8 @@ class SpecForm(VerticalScroll):
                 parse_errors[name] = str(error)
         self.spec = replace(self.spec, **values)
         self.errors = {**self.spec.errors(), **parse_errors}
+        if "data" not in self.errors and (data_error := self._check_data()):
+            self.errors["data"] = data_error
         shown = {**self.errors, **self._launch_errors}
         for name in FORM_FIELDS:
             message = shown.get(name, "")
@@ -127,6 +132,44 @@ class SpecForm(VerticalScroll):
             self.editor(name).set_class(bool(message), "-invalid")
         self._adapt_to_method()
         self.post_message(SpecEdited(self.spec, self.errors))
+
+    def _check_data(self) -> str:
+        """The data file's problem, as launching would find it: a missing file or wrong type at
+        once, its content (fields, labels, enough examples) from a worker that reads it."""
+        from spectui.finetune.data import SUFFIXES
+
+        spec = self.spec
+        path = Path(spec.data).expanduser()
+        if not path.is_file():
+            return f"{path}: file not found" if not path.exists() else f"{path}: not a file"
+        if path.suffix.lower() not in SUFFIXES:
+            return f"{path}: unsupported file type; use {', '.join(SUFFIXES)}"
+        key = _data_key(spec)
+        if key != self._data_checked:
+            self._data_checked, self._data_error = key, ""
+            self.read_data(spec, key)
+        return self._data_error
+
+    @work(thread=True, group="data-check", exclusive=True, exit_on_error=False)
+    def read_data(self, spec: RunSpec, key: tuple) -> None:
+        from spectui.finetune.data import DataError, load_splits
+
+        try:
+            load_splits(spec)
+            problem = ""
+        except DataError as error:
+            problem = str(error)
+        except OSError as error:
+            problem = f"{spec.data}: cannot be read ({error.strerror or error})"
+        self.app.call_from_thread(self._data_read, key, problem)
+
+    def on_worker_state_changed(self, event) -> None:
+        self.app.worker_ended(event)
+
+    def _data_read(self, key: tuple, problem: str) -> None:
+        if key == self._data_checked and problem != self._data_error:
+            self._data_error = problem
+            self.validate()
 
     def _adapt_to_method(self) -> None:
         """Adapter fields are off for full fine-tuning; α is off when it is 2r; the learning rate
@@ -146,8 +189,22 @@ class SpecForm(VerticalScroll):
                           allow_blank=False, **common)
         if field_kind(name) is bool:
             return Check(metadata["help"], value=value, **common)
-        return Input(_text(value), placeholder=PLACEHOLDERS.get(name, ""),
+        return Field(_text(value), placeholder=PLACEHOLDERS.get(name, ""),
                      suggester=SUGGESTERS.get(name), **common)
+
+
+def _data_key(spec: RunSpec) -> tuple:
+    """What the data check depends on, with the file's identity (edited → read again)."""
+    def identity(name: str | None):
+        if not name:
+            return None
+        try:
+            stat = Path(name).expanduser().stat()
+        except OSError:
+            return None
+        return name, stat.st_mtime_ns, stat.st_size
+
+    return (identity(spec.data), spec.task, identity(spec.eval_file), spec.eval_fraction, spec.seed)
 
 
 def _text(value: object) -> str:
