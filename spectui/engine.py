@@ -220,8 +220,6 @@ class Scan:
         self._used: dict[Path, set[str]] = {}  # cache keys each model's scan used (for its manifest)
         self.errors: dict[str, MatrixFailed] = {}
         self._cost = {name: matrix_cost(comparison.spec(name).shape) for name in self.names}
-        self._total_cost = sum(self._cost.values()) or 1
-        self._done_cost = 0
         self._done: set[str] = set()
         self._taken: set[str] = set()
         self._order = itertools.count()
@@ -229,13 +227,15 @@ class Scan:
         self._urgency = itertools.count(-1, -1)
         self._lock = threading.Condition()
         self._cancelled = False
+        self._paused = False
+        self._times = ShapeTimes()
+        self._running: dict[str, float] = {}  # matrices being scanned, since when
+        self.from_cache = 0  # results read from the cache rather than computed (a resumed scan)
         self._live = 0
-        self._started_at = 0.0
         self._finished = False
 
     # -- control ------------------------------------------------------------------------------
     def start(self) -> Scan:
-        self._started_at = time.monotonic()
         self._torch_threads = torch.get_num_threads()  # the workers set one; the process gets its own back
         if self.devices[0].type == "cpu":
             _limit_lapack_threads(max(1, (os.cpu_count() or 1) // self.workers))
@@ -263,6 +263,17 @@ class Scan:
             self._queue.clear()
             self._lock.notify_all()
 
+    def pause(self, paused: bool = True) -> None:
+        """Workers finish the matrix in hand, then wait (the machine is needed for something else);
+        what is done stays in the cache either way, so even quitting loses nothing."""
+        with self._lock:
+            self._paused = paused
+            self._lock.notify_all()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused and not self._finished
+
     def wait(self, timeout: float | None = None) -> bool:
         with self._lock:
             return self._lock.wait_for(lambda: self._finished, timeout)
@@ -281,19 +292,26 @@ class Scan:
         return self._finished
 
     def eta(self) -> float | None:
-        """Seconds left, from the elapsed time per unit of SVD work done so far."""
-        if not self._done_cost:
-            return None
-        elapsed = time.monotonic() - self._started_at
-        return elapsed * (self._total_cost - self._done_cost) / self._done_cost
+        """Seconds left: each matrix still to do at the time its shape took here (shapes not yet
+        seen scaled from those that were by their SVD work), shared among the workers."""
+        now = time.monotonic()
+        with self._lock:
+            left = [name for name in self.names if name not in self._done]
+            estimates = [self._times.estimate(self.comparison.spec(n).shape, self._cost[n]) for n in left]
+            if any(e is None for e in estimates):
+                return None
+            in_hand = sum(now - since for since in self._running.values())
+        return max(0.0, sum(estimates) - in_hand) / self.workers
 
     # -- workers ------------------------------------------------------------------------------
     def _next(self) -> str | None:
         with self._lock:
+            self._lock.wait_for(lambda: not self._paused or self._cancelled)
             while self._queue and not self._cancelled:
                 _, _, name = heapq.heappop(self._queue)
                 if name not in self._taken:
                     self._taken.add(name)
+                    self._running[name] = time.monotonic()
                     return name
             return None
 
@@ -306,16 +324,18 @@ class Scan:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         while (name := self._next()) is not None:
+            computed = False
             try:
-                self._scan_on(name, device)
+                computed = self._scan_on(name, device)
             except CheckpointError as err:
                 self._fail(name, str(err), bad_input=True)
             except Exception as err:  # a worker must never die silently: the scan would never finish
                 self._fail(name, f"{name}: {type(err).__name__}: {one_line(err)}", bad_input=False)
             _heap.after_matrix()
             with self._lock:
+                seconds = time.monotonic() - self._running.pop(name)
+                self._times.add(self.comparison.spec(name).shape, self._cost[name], seconds, computed)
                 self._done.add(name)
-                self._done_cost += self._cost[name]
         with self._lock:
             self._live -= 1
             if self._live == 0:
@@ -336,22 +356,24 @@ class Scan:
         self.errors[name] = event
         self.on_event(event)
 
-    def _scan_on(self, name: str, device: torch.device) -> None:
-        """One matrix on `device`; one that does not fit in a GPU's memory is done on the CPU."""
+    def _scan_on(self, name: str, device: torch.device) -> bool:
+        """One matrix on `device`; one that does not fit in a GPU's memory is done on the CPU.
+        True when something was decomposed (not all read from the cache)."""
         try:
-            self._scan_matrix(name, device)
+            return self._scan_matrix(name, device)
         except torch.cuda.OutOfMemoryError:
             if device.type != "cuda":
                 raise
             torch.cuda.empty_cache()
             self._notice(f"{name} did not fit in the memory of {device}: computed on the CPU (slower)")
-            self._scan_matrix(name, torch.device("cpu"))
+            return self._scan_matrix(name, torch.device("cpu"))
 
     def _notice(self, message: str) -> None:
         self.on_event(ScanNotice(message))
 
-    def _scan_matrix(self, name: str, device: torch.device) -> None:
+    def _scan_matrix(self, name: str, device: torch.device) -> bool:
         comparison = self.comparison
+        computed = False
         w0 = load_matrix(comparison.base, name, comparison.spec(name))
         base_key = tensor_digest(w0)
         self._used.setdefault(comparison.base.path, set()).add(base_key)
@@ -379,8 +401,12 @@ class Scan:
                 base = base or self._base_decomposition(base_key, w0, solver)
                 result = compare(base, w0.to(solver), w.to(solver), factors)
                 self.cache.put_result(key, result)
+                computed = True
+            else:
+                self.from_cache += 1
             self.results[(index, name)] = result
             self.on_event(MatrixDone(name, index, result, cached))
+        return computed
 
     def _base_decomposition(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
         base = self.cache.get_decomposition(base_key)
@@ -405,6 +431,33 @@ def unchanged_result(sigma: torch.Tensor, shape: tuple[int, int]) -> MatrixResul
         similarity=np.eye(min(top, SIMILARITY_SIZE), min(size, SIMILARITY_SIZE), dtype=np.float32),
         delta_rel_norm=0.0, base_mp_distance=marchenko_pastur_distance(sigma, shape),
     )
+
+
+class ShapeTimes:
+    """What a matrix took in this scan, by shape: the ETA's model. Shapes differ by 100× in cost
+    (k/v against gate/up), and a matrix read from the cache costs almost nothing, so one average
+    rate misleads; a shape not yet decomposed is scaled from those that were by their SVD work."""
+
+    def __init__(self) -> None:
+        self._by_shape: dict[tuple[int, int], list[float]] = {}
+        self._work = self._seconds = 0.0  # over decomposed matrices
+        self._cached: list[float] = []
+
+    def add(self, shape: tuple[int, int], work: int, seconds: float, computed: bool) -> None:
+        if computed:
+            self._by_shape.setdefault(tuple(shape), []).append(seconds)
+            self._work += work
+            self._seconds += seconds
+        else:
+            self._cached.append(seconds)
+
+    def estimate(self, shape: tuple[int, int], work: int) -> float | None:
+        """Seconds for one more matrix of this shape; None before anything was measured."""
+        if seen := self._by_shape.get(tuple(shape)):
+            return sum(seen) / len(seen)
+        if self._work:
+            return self._seconds * work / self._work
+        return sum(self._cached) / len(self._cached) if self._cached else None
 
 
 def matrix_cost(shape: tuple[int, int]) -> int:

@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -104,6 +105,38 @@ def test_progress_and_eta(tiny):
     scan = run(tiny, Cache(None), "full")
     assert scan.done == scan.total == 14 and scan.finished
     assert scan.eta() == pytest.approx(0.0)
+
+
+def test_the_eta_learns_each_shapes_time_and_scales_unseen_shapes_by_their_work():
+    times = engine.ShapeTimes()
+    assert times.estimate((64, 64), 64**3) is None  # nothing measured yet
+    times.add((64, 64), 64**3, 0.01, computed=False)  # read from the cache: says little of the rest
+    assert times.estimate((64, 256), 64 * 256 * 64) == pytest.approx(0.01)
+    times.add((64, 64), 64**3, 2.0, computed=True)
+    times.add((64, 64), 64**3, 4.0, computed=True)
+    assert times.estimate((64, 64), 64**3) == pytest.approx(3.0)  # its own shape's mean
+    assert times.estimate((64, 256), 4 * 64**3) == pytest.approx(6.0 * 4 / 2)  # seconds per unit of work
+
+
+def test_a_paused_scan_waits_after_the_matrix_in_hand_and_goes_on_when_resumed(tiny):
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / "full")])
+    first = threading.Event()
+
+    def on_event(event):
+        if isinstance(event, MatrixDone) and not first.is_set():
+            scan.pause()
+            first.set()
+
+    scan = Scan(comparison, Cache(None), device="cpu", workers=1, on_event=on_event)
+    scan.start()
+    assert first.wait(60)
+    assert not scan.wait(0.5) and scan.paused and scan.done == 1
+    eta = scan.eta()
+    assert eta > 0
+    time.sleep(0.3)
+    assert scan.eta() == pytest.approx(eta)  # what is left, not a rate over time spent waiting
+    scan.pause(False)
+    assert scan.wait(60) and scan.done == scan.total and not scan.paused
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are a POSIX feature")

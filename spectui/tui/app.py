@@ -174,6 +174,14 @@ class SpectuiApp(App):
 
         self.push_screen(ThresholdsScreen(self.k, self.epsilon, self.k_max), apply)
 
+    def action_pause_scan(self) -> None:
+        if self.inspector.finished:
+            self.notify("the scan is complete", timeout=3)
+            return
+        paused = not self.inspector.paused
+        self.inspector.pause(paused)
+        self.notify("scan paused after the matrices in hand; P goes on" if paused else "scan goes on", timeout=4)
+
     def action_help(self) -> None:
         from spectui.tui.screens.dialogs import help_groups
 
@@ -295,6 +303,11 @@ class SpectuiApp(App):
         ins = self.inspector
         stem = self.export_dir / f"spectui-{ins.comparison.base.label}-{time.strftime('%Y%m%d-%H%M%S')}"
         scan, k, eps = ins.scan_results, self.k, self.epsilon
+        try:
+            ins.comparison.check_output(stem.with_suffix(".json"), "folder with --export-dir")
+        except InputError as err:  # the default folder (where spectui was started) is inside a model
+            self.tell(err)
+            return
         try:
             written = [
                 atomic.write_text(stem.with_suffix(".json"), json.dumps(scan_json(scan, k, eps)) + "\n"),

@@ -148,6 +148,20 @@ class Inspector:
         for scan in self.scans:
             scan.cancel()
 
+    def pause(self, paused: bool) -> None:
+        """Hold or go on with the scans still running (what is done is cached either way)."""
+        for scan in self.scans:
+            scan.pause(paused)
+
+    @property
+    def paused(self) -> bool:
+        return any(scan.paused for scan in self.scans)
+
+    @property
+    def from_cache(self) -> int:
+        """Results read from the cache: how much of the scan an earlier session had done."""
+        return sum(scan.from_cache for scan in self.scans)
+
     @property
     def scan(self) -> Scan | None:
         return self.scans[-1] if self.scans else None

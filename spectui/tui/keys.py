@@ -46,6 +46,8 @@ THRESHOLDS = (
     Key("plus,equals_sign", "k(1)", "k+", "test one more top singular vector", "+"),
     Key("t", "thresholds", "k/ε…", "type k and ε"),
     Key("m", "next_model", "Model", "show the next tuned model (when there are several)"),
+    Key("P", "pause_scan", "Pause", "pause or go on with the background scan (results so far are cached: "
+        "quitting loses nothing, the next start reads them)"),
 )
 GLOBAL = MAIN + THRESHOLDS
 PALETTE_KEY = ("ctrl+p", "command palette: every action and every matrix by name")

@@ -121,6 +121,22 @@ async def test_export_writes_json_csv_svg_and_reports(make_app, tmp_path):
     assert "<html" in files[1].read_text() and "| lora" in files[3].read_text()
 
 
+async def test_export_refuses_to_write_inside_a_model_it_reads(make_app, tiny, tmp_path):
+    import shutil
+
+    base = shutil.copytree(tiny / "base", tmp_path / "base")
+    before = sorted(p.name for p in base.iterdir())
+    app = make_app(base, [tiny / "full"])
+    app.export_dir = base  # spectui started from inside the base's folder, no --export-dir
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        await pilot.press("x")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+    assert sorted(p.name for p in base.iterdir()) == before
+    assert any("would replace the source" in n and "--export-dir" in n for n in app.notified)
+
+
 def help_rows(app) -> dict[str, str]:
     return dict(app.screen.rows())
 

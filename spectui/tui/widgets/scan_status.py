@@ -34,17 +34,21 @@ class ScanStatus(Horizontal):
         done, total, eta = ins.progress
         self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
         text = status_text(done, total, eta, ins.finished, len(ins.errors), ins.matrices_per_model(),
-                           ins.phase, ins.phase_seconds)
+                           ins.phase, ins.phase_seconds, ins.paused, ins.from_cache)
         if text != self._text:
             self._text = text
             self.query_one("#scan-label", Label).update(text)
 
 
 def status_text(done: int, total: int, eta: float | None, finished: bool, failed: int,
-                per_model: list[int], phase: str, phase_seconds: float) -> str:
-    """The status line: the phase until results come, then matrices done and the ETA."""
+                per_model: list[int], phase: str, phase_seconds: float, paused: bool = False,
+                from_cache: int = 0) -> str:
+    """The status line: the phase until results come, then matrices done and the ETA; a scan taken
+    up again says how much it found done."""
     if finished:
-        text = f"scan complete · {_matrices(per_model)}"
+        text = f"scan complete · {_matrices(per_model)}" + (f" · {from_cache} from the cache" if from_cache else "")
+    elif paused:
+        text = f"paused · {done}/{total} matrices · P goes on"
     elif done == 0:
         text = f"{phase}… {duration(phase_seconds)} · the list is browsable meanwhile"
     else:
