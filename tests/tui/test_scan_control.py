@@ -36,4 +36,4 @@ async def test_a_scan_quit_half_way_is_taken_up_from_the_cache(make_app, tmp_pat
     async with again.run_test(size=(100, 30)) as pilot:
         await wait_for_scan(pilot)
         status = str(again.screen.query_one("#scan-label").render())
-        assert again.inspector.from_cache >= done and f"· {again.inspector.from_cache} from the cache" in status
+        assert again.inspector.from_cache >= done and f"· {again.inspector.from_cache} cached" in status

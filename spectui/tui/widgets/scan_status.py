@@ -46,7 +46,7 @@ def status_text(done: int, total: int, eta: float | None, finished: bool, failed
     """The status line: the phase until results come, then matrices done and the ETA; a scan taken
     up again says how much it found done."""
     if finished:
-        text = f"scan complete · {_matrices(per_model)}" + (f" · {from_cache} from the cache" if from_cache else "")
+        text = f"scan complete · {_matrices(per_model)}" + (f" · {from_cache} cached" if from_cache else "")
     elif paused:
         text = f"paused · {done}/{total} matrices · P goes on"
     elif done == 0:
