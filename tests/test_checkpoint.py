@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spectui.checkpoint.comparison import open_comparison
-from spectui.checkpoint.files import CheckpointError, open_store
+from spectui.checkpoint.comparison import open_comparison, open_store
+from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.names import normalise
 
 

@@ -16,8 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from spectui.cache import Cache
 from spectui.checkpoint import files
-from spectui.checkpoint.comparison import open_comparison
-from spectui.checkpoint.files import open_store
+from spectui.checkpoint.comparison import open_comparison, open_store
 from spectui.checkpoint.names import layer_and_module
 from spectui.checkpoint.pairing import load_matrix
 from spectui.engine import Scan

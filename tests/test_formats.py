@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from models import lora_model, save_adapter
 from safetensors.torch import load_file, save_file
 
-from spectui.checkpoint.comparison import open_comparison
-from spectui.checkpoint.files import CheckpointError, open_store
+from spectui.checkpoint.comparison import open_comparison, open_store
+from spectui.checkpoint.files import CheckpointError
 
 HEADS, KV_HEADS = 4, 2
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from spectui.cache import Cache
-from spectui.checkpoint.comparison import open_comparison
-from spectui.checkpoint.files import CheckpointError, open_store
+from spectui.checkpoint.comparison import open_comparison, open_store
+from spectui.checkpoint.files import CheckpointError
 from spectui.engine import Scan
 from spectui.errors import InputError
 

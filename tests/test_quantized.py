@@ -16,8 +16,8 @@ from models import lora_model, save_adapter, tiny_llama
 from safetensors.torch import load_file, save_file
 
 from spectui.checkpoint import files
-from spectui.checkpoint.comparison import open_comparison
-from spectui.checkpoint.files import CheckpointError, open_store
+from spectui.checkpoint.comparison import open_comparison, open_store
+from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.quantized import MXFP4_VALUES
 
 NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,

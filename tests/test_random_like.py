@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from spectui.checkpoint.files import open_store
+from spectui.checkpoint.comparison import open_store
 from spectui.locations import samples_dir
 from spectui.spectral import (
     EDGE_MARGIN,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectui.checkpoint.adapters import ADAPTER_CONFIG, LoraAdapter, is_adapter_dir
-from spectui.checkpoint.files import CheckpointError, TensorStore, locate, open_store, read_json
+from spectui.checkpoint.files import CheckpointError, TensorStore, locate, read_json, weight_files
 from spectui.checkpoint.names import MatrixSpec
 from spectui.checkpoint.pairing import Pairing, Skipped, pair
 from spectui.checkpoint.source import WeightSource
@@ -73,6 +73,18 @@ class Comparison:
 
     def spec(self, name: str) -> MatrixSpec:
         return next(m.spec(name) for m in self.tuned if m.spec(name) is not None)
+
+
+def open_store(path: Path) -> TensorStore:
+    """Open a full checkpoint (directory or weights file) without reading any tensor data."""
+    from spectui.checkpoint.gguf import GgufStore, gguf_file
+
+    if (gguf := gguf_file(path)) is not None:  # llama.cpp's format: its config comes from its own header
+        return GgufStore(gguf)
+    directory = path if path.is_dir() else path.parent
+    config_file = directory / "config.json"
+    config = read_json(config_file) if config_file.is_file() else {}
+    return TensorStore(path, weight_files(path), config)
 
 
 def open_model(path: Path, base: TensorStore) -> WeightSource:

@@ -356,18 +356,6 @@ def _index_files(index: Path) -> list[Path]:
     return files
 
 
-def open_store(path: Path) -> TensorStore:
-    """Open a full checkpoint (directory or weights file) without reading any tensor data."""
-    from spectui.checkpoint.gguf import GgufStore, gguf_file
-
-    if (gguf := gguf_file(path)) is not None:  # llama.cpp's format: its config comes from its own header
-        return GgufStore(gguf)
-    directory = path if path.is_dir() else path.parent
-    config_file = directory / "config.json"
-    config = read_json(config_file) if config_file.is_file() else {}
-    return TensorStore(path, weight_files(path), config)
-
-
 def locate(reference: str, relative_to: Path | None = None) -> Path:
     """A model given as a path (absolute, from the working directory, or from `relative_to`) or as a
     Hugging Face hub id already in the local cache; never goes to the network."""

@@ -27,12 +27,18 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
 
-    from spectui.checkpoint.files import TensorInfo
+
+class TensorInfo(Protocol):
+    """What the index reads of a stored tensor's header entry (`files.TensorInfo`)."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
 
 FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
 FLOAT8_DTYPES = {"F8_E4M3": "e4m3", "F8_E5M2": "e5m2"}

@@ -69,8 +69,8 @@ def verify_merge(base_path: Path, adapter_path: Path, merged_path: Path) -> tupl
     """Every tensor of MERGED checked against BASE + ΔW; also the base tensors MERGED lacks that the
     adapter does not change (a tied lm_head left out, for instance), which are not errors."""
     from spectui.checkpoint.adapters import is_adapter_dir
-    from spectui.checkpoint.comparison import open_model
-    from spectui.checkpoint.files import CheckpointError, locate, open_store
+    from spectui.checkpoint.comparison import open_model, open_store
+    from spectui.checkpoint.files import CheckpointError, locate
     from spectui.checkpoint.names import normalise
 
     base_path, adapter_path, merged_path = locate(str(base_path)), locate(str(adapter_path)), locate(str(merged_path))
