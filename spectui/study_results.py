@@ -217,6 +217,25 @@ def results_table(results: StudyResults, epsilons: tuple[float, ...] = TABLE_EPS
     return Table(columns, rows)
 
 
+def cell_text(value: Any, signed: bool = False) -> str:
+    """A cell as the CLI, the TUI and the report write it: — where not measured, whole numbers
+    plain, losses to four decimals (signed: a change), tiny values to two figures."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e6 and not signed:
+            return f"{value:.0f}"
+        return f"{value:+.4f}" if signed else (f"{value:.4f}" if value >= 1e-3 else f"{value:.2g}")
+    return str(value)
+
+
+def table_cells(table: Table) -> list[list[str]]:
+    """Each row's cells as text in column order: learning rates as written (0.001, 2e-05), the
+    rest by `cell_text`."""
+    return [[f"{row[column.key]:g}" if column.key == "lr" and row[column.key] is not None
+             else cell_text(row[column.key]) for column in table.columns] for row in table.rows]
+
+
 def matched(results: StudyResults) -> Matched:
     """Per rank (ranks ascending, then full), the evaluated member nearest the matched task loss
     (with one learning rate per rank, simply each rank's member)."""

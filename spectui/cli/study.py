@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 import types
 import typing
 from contextlib import suppress
 from dataclasses import fields, replace
+from pathlib import Path
 from typing import IO, Any
 
+from spectui.atomic import write_text
+from spectui.errors import UsageError
 from spectui.finetune.runs import RunError, State
 from spectui.finetune.spec import RunSpec, field_kind, flag_name, load_spec
 from spectui.finetune.study import (
     RUN_FIELDS,
+    SPEC_FILE,
     Study,
     StudyError,
     StudySpec,
@@ -66,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--detach", action="store_true",
                         help="start the study in the background, print its directory and return")
     parser.add_argument("--json", action="store_true", help="results as JSON on stdout")
+    parser.add_argument("--report", type=Path, metavar="FILE.html",
+                        help="when the study ends, write its results as one self-contained HTML "
+                             "page (the table and the paper's views)")
     parser.set_defaults(handler=study_command)
 
 
@@ -126,18 +134,29 @@ def spec_from_args(args: argparse.Namespace) -> StudySpec:
 
 
 def study_command(args: argparse.Namespace) -> int:
-    return launch(spec_from_args(args), detach=args.detach, as_json=args.json)
+    spec = spec_from_args(args)
+    if args.report:
+        check_report(spec, args.report, args.detach)
+    return launch(spec, detach=args.detach, as_json=args.json, report=args.report)
 
 
-def launch(spec: StudySpec, detach: bool = False, as_json: bool = False) -> int:
-    """Start (or re-attach to) the study of a checked spec and, unless detached, follow it to
-    the end and print its results."""
+def start(spec: StudySpec) -> tuple[Study, subprocess.Popen | None]:
+    """The study of a checked spec started detached, or re-attached to (no process) when it runs;
+    every task's data is read first, so a bad file is reported before anything is launched. The
+    one way a study starts, for `spectui study` and the TUI's Study tab."""
     from spectui.finetune.data import load_splits
 
     for member in {m.task: m for m in reversed(spec.members())}.values():
-        load_splits(member.spec)  # reads the data now, so a bad file is reported before any launch
+        load_splits(member.spec)
     study = open_study(spec)
-    process = None if study.running() else study.start()
+    return study, None if study.running() else study.start()
+
+
+def launch(spec: StudySpec, detach: bool = False, as_json: bool = False,
+           report: Path | None = None) -> int:
+    """Start (or re-attach to) the study of a checked spec and, unless detached, follow it to
+    the end, print its results and write its report."""
+    study, process = start(spec)
     if detach:
         print(study.path)
         return 0
@@ -146,7 +165,52 @@ def launch(spec: StudySpec, detach: bool = False, as_json: bool = False) -> int:
           + (" (attached: it was running)" if process is None else ""), file=out, flush=True)
     code = follow(study, process, out)
     print_results(study, as_json)
+    if report:
+        write_report(study, report, out)
     return code
+
+
+def check_report(spec: StudySpec, path: Path, detach: bool) -> None:
+    """Refuse, before anything trains, a report that could not be written when the study ends, or
+    would be written over one of the study's sources (its base, data, reference, spec, results)."""
+    if detach:
+        raise UsageError("--report is written when the study ends: drop --detach, or later run "
+                         f"`spectui study {Path(spec.out or '') / SPEC_FILE} --report {path}`")
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{path}: --report writes HTML; name a .html file")
+    target = path.expanduser().resolve()
+    study = Study(Path(spec.out or ""))
+    files = [*spec.tasks, spec.reference or "", study.spec_path, study.results_path, study.log_path]
+    folders = [spec.base, study.path / "heldout", *(Path(spec.runs_dir or "") / member.name
+                                                     for member in spec.members())]
+    clash = any(target == Path(name).expanduser().resolve() for name in files if name) or any(
+        (folder := Path(name).expanduser().resolve()) == target or folder in target.parents
+        for name in folders)
+    if target.is_dir():
+        raise UsageError(f"{path}: is a directory; name the report's .html file")
+    if clash:
+        raise UsageError(f"{path}: would be written over the study's own files or a source (its "
+                         "base, data, reference, spec, results or a member's run); choose another "
+                         "file")
+
+
+def write_report(study: Study, path: Path, out: IO[str]) -> None:
+    """The study's results as one HTML page (written aside, then renamed into place)."""
+    from spectui.report.html import study_html
+    from spectui.study_results import StudyResultsError, read_results
+
+    try:
+        results = read_results(study.results_path)
+    except StudyResultsError as error:
+        print(f"spectui: no report: {error}", file=sys.stderr)
+        return
+    status = study.status()
+    page = study_html(results, status.state.value, status.message)
+    try:
+        write_text(path, page)
+    except OSError as error:
+        raise UsageError(f"{path}: cannot write the report ({error.strerror or error})") from None
+    print(f"report: {path}", file=out, flush=True)
 
 
 def follow(study: Study, process, out: IO[str]) -> int:
@@ -203,13 +267,7 @@ def result_tables(results) -> list:
     a sequence, the forgetting matrix with intruders and reference loss per stage)."""
     from rich.table import Table
 
-    from spectui.study_results import (
-        forgetting_matrix,
-        intruders_vs_stage,
-        matched,
-        reference_vs_stage,
-        results_table,
-    )
+    from spectui.study_results import matched, results_table, table_cells
 
     data = results_table(results)
     table = Table(title=f"Study {results.name}: task loss on held-out examples, reference loss "
@@ -219,9 +277,8 @@ def result_tables(results) -> list:
         title = column.title.replace("intruders ", "").replace("eff. rank ΔW", "eff. rank")
         left = column.key in ("member", "task", "state")
         table.add_column(title, justify="left" if left else "right", no_wrap=left)
-    for row in data.rows:
-        table.add_row(*(f"{row[column.key]:g}" if column.key == "lr" else _cell(row[column.key])
-                        for column in data.columns))
+    for cells in table_cells(data):
+        table.add_row(*cells)
     tables = [table]
     if results.base_scores:
         base = results.base_scores
@@ -238,32 +295,30 @@ def result_tables(results) -> list:
                               f"{m.reference_loss:.4f}, intruders {m.intruders_at(0.5)}"
                               for m in chosen.members))
         return tables
-    intruders = {curve.label: curve for curve in intruders_vs_stage(results)}
-    reference = {curve.label: curve for curve in reference_vs_stage(results)}
-    for line in results.lines:
-        matrix = forgetting_matrix(results, line)
-        grid = Table(title=f"{line}: task loss after each stage (rows: tasks), reference loss and "
-                           f"intruders (ε=0.5) against the original base", title_justify="left")
-        grid.add_column("")
-        for stage in matrix.stages:
-            grid.add_column("base" if stage == "base" else f"stage {stage}", justify="right")
-        grid.add_column("forgetting", justify="right")
-        for task, row, forgot in zip(matrix.tasks, matrix.loss, matrix.forgetting()):
-            grid.add_row(task, *(_cell(value) for value in row), _cell(forgot, signed=True))
-        grid.add_row("reference", *(_cell(value) for value in reference[line].y), "")
-        grid.add_row("intruders", *(_cell(value) for value in intruders[line].y), "")
-        tables.append(grid)
-    return tables
+    return tables + [forgetting_table(results, line) for line in results.lines]
 
 
-def _cell(value: Any, signed: bool = False) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) < 1e6 and not signed:
-            return f"{value:.0f}"
-        return f"{value:+.4f}" if signed else (f"{value:.4f}" if value >= 1e-3 else f"{value:.2g}")
-    return str(value)
+def forgetting_table(results, line: str):
+    """One line of a sequence as a rich table: the task loss after each stage (rows: tasks, and
+    how much later stages undid each), then the reference loss and intruders (ε=0.5) per stage."""
+    from rich.table import Table
+
+    from spectui.study_results import cell_text, forgetting_matrix, intruders_vs_stage, reference_vs_stage
+
+    matrix = forgetting_matrix(results, line)
+    intruders = next(curve for curve in intruders_vs_stage(results) if curve.label == line)
+    reference = next(curve for curve in reference_vs_stage(results) if curve.label == line)
+    grid = Table(title=f"{line}: task loss after each stage (rows: tasks), reference loss and "
+                       f"intruders (ε=0.5) against the original base", title_justify="left")
+    grid.add_column("")
+    for stage in matrix.stages:
+        grid.add_column("base" if stage == "base" else f"stage {stage}", justify="right")
+    grid.add_column("forgetting", justify="right")
+    for task, row, forgot in zip(matrix.tasks, matrix.loss, matrix.forgetting()):
+        grid.add_row(task, *(cell_text(value) for value in row), cell_text(forgot, signed=True))
+    grid.add_row("reference", *(cell_text(value) for value in reference.y), "")
+    grid.add_row("intruders", *(cell_text(value) for value in intruders.y), "")
+    return grid
 
 
 def sequence_spec(args: argparse.Namespace, files: list[str]) -> StudySpec:

@@ -17,9 +17,10 @@ import numpy as np
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from matplotlib.ticker import StrMethodFormatter
+from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
 from spectui.spectral import MatrixResult
+from spectui.study_results import Series
 
 STYLE = {
     "svg.fonttype": "none",
@@ -30,6 +31,7 @@ STYLE = {
 }
 BASE_COLOUR = "0.55"
 HEATMAP_MIN = 10  # the paper's Fig. 3 shows the top 10 × top 10
+MARKERS = ("o", "s", "^", "D", "v", "P")  # one per series, so curves stay apart without colour
 
 
 def model_colour(index: int) -> str:
@@ -123,6 +125,27 @@ def _similarity(ax, result: MatrixResult, k: int, epsilon: float):
     ax.set_yticks(ticks)
     ax.set(xlabel="tuned vector j", ylabel="base vector i")
     return image
+
+
+def study_curves(series: Sequence[Series], title: str, xlabel: str, ylabel: str, salt: str,
+                 counts: bool = False) -> str:
+    """A study's view: curves over labelled points (ranks r1 … full, or stages base, 1, 2, …), each series
+    its own colour and marker; a gap where a point was not measured. `counts`: whole-number axis from 0."""
+    points = list(dict.fromkeys(x for curve in series for x in curve.x))
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(4.6, 3.0), layout="constrained")
+        ax = fig.add_subplot()
+        for i, curve in enumerate(series):
+            ax.plot([points.index(x) for x in curve.x], [np.nan if y is None else y for y in curve.y],
+                    marker=MARKERS[i % len(MARKERS)], ms=4, color=model_colour(i), label=curve.label)
+        ax.set_xticks(range(len(points)), points)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if counts:
+            ax.set_ylim(bottom=0)
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(series) > 1:
+            ax.legend()
+        return _svg(fig, salt)
 
 
 def _svg(fig: Figure, salt: str) -> str:

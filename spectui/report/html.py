@@ -1,5 +1,5 @@
-"""A scan as one self-contained HTML page: inline CSS and inline SVG figures, no scripts, nothing fetched,
-so it can be mailed, attached to an issue or opened offline."""
+"""A scan, or a study's results, as one self-contained HTML page: inline CSS and inline SVG figures, no
+scripts, nothing fetched, so it can be mailed, attached to an issue or opened offline."""
 
 from __future__ import annotations
 
@@ -21,6 +21,19 @@ from spectui.report.summary import (
     summary_cells,
 )
 from spectui.results import ModelSummary, ScanResults
+from spectui.study_results import (
+    StudyResults,
+    cell_text,
+    effective_rank_vs_rank,
+    forgetting_matrix,
+    forgetting_vs_rank,
+    intruders_vs_rank,
+    intruders_vs_stage,
+    matched,
+    reference_vs_stage,
+    results_table,
+    table_cells,
+)
 
 MAX_MATRIX_FIGURES = 12
 K_POINTS = 16  # points of the intruders-vs-k curve, spaced evenly on a log scale
@@ -37,6 +50,7 @@ table { border-collapse: collapse; margin: .4em 0; }
 th, td { padding: .25em .6em; border-bottom: 1px solid #e5e5e5; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; font-weight: 600; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n { white-space: nowrap; }
 .swatch { display: inline-block; width: .8em; height: .8em; border-radius: 2px; margin-right: .4em; }
 .figs { display: flex; flex-wrap: wrap; gap: 1em; }
 svg { max-width: 100%; height: auto; }
@@ -75,6 +89,10 @@ def scan_html(scan: ScanResults, k: int, epsilon: float) -> str:
         _matrix_figures(rows, labels, scan, k, epsilon),
         "<h2>All matrices</h2>", _matrix_table(rows, labels),
     ]
+    return _page(title, parts)
+
+
+def _page(title: str, parts: list[str]) -> str:
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head>\n<body><main>\n" + "\n".join(parts) + "\n</main></body></html>\n")
 
@@ -118,10 +136,11 @@ def _swatch(index: int) -> str:
     return f"<span class=swatch style='background:{figures.model_colour(index)}'></span>"
 
 
-def _table(header, rows: list[list[str]], right_from: int) -> str:
-    """Rows of cells that are already HTML; columns from `right_from` on are numbers, right-aligned."""
+def _table(header, rows: list[list[str]], right_from: int, left: tuple[int, ...] = ()) -> str:
+    """Rows of cells that are already HTML; columns from `right_from` on are numbers, right-aligned,
+    but those in `left` (text among the numbers)."""
     def tr(cells, tag):
-        return "<tr>" + "".join(f"<{tag}{' class=n' if i >= right_from else ''}>{c}</{tag}>"
+        return "<tr>" + "".join(f"<{tag}{' class=n' if i >= right_from and i not in left else ''}>{c}</{tag}>"
                                 for i, c in enumerate(cells)) + "</tr>"
     body = "".join(tr(cells, "td") for cells in rows)
     return f"<table>{tr(map(escape, header), 'th')}{body}</table>"
@@ -187,3 +206,96 @@ def _matrix_table(rows: list[MatrixRow], labels: list[str]) -> str:
     return (f"<details><summary>{len(rows)} matrices. Each cell: {escape(MATRIX_LEGEND)}. Ranks count from 0, "
             "as in the JSON.</summary>"
             f"{_table(['matrix', 'shape', *labels], cells, right_from=2)}</details>")
+
+
+# -- a study ------------------------------------------------------------------------------------------------
+
+
+def study_html(results: StudyResults, state: str = "", message: str = "") -> str:
+    """A study's page: what was trained and measured, the results table, then the paper's views of its kind
+    (a rank study: intruders, forgetting and the effective rank of ΔW against rank at matched task loss; a
+    sequence: the forgetting matrix of each line side by side, and intruders and reference loss per stage).
+    `state` and `message`: how the study's process stands, said when it is not done."""
+    sequence = results.kind == "sequence"
+    what = "Sequence" if sequence else "Study"
+    tasks = "".join(f"<li>{escape(task.name)}: <code>{escape(task.data)}</code> (measured on its held-out "
+                    f"examples, <code>{escape(task.heldout)}</code>)</li>" for task in results.tasks)
+    parts = [
+        f"<h1>{what} {escape(results.name)}</h1><p class=meta>Base <code>{escape(results.base)}</code>; "
+        f"forgetting is the loss on the reference text <code>{escape(results.reference)}</code>; the task "
+        f"metric is the LM loss (nats per token) on each task's held-out examples; intruders at k = {results.k}, "
+        f"counted against the original base. spectui {__version__}.</p><p class=meta>Trained on:</p>"
+        f"<ul class=meta>{tasks}</ul>",
+        *([f"<p class=warn>⚠ the study is {escape(state)}{': ' + escape(message) if message else ''}</p>"]
+          if state and state != "done" else []),
+        *(f"<p class=warn>⚠ {escape(m.name)} {escape(m.state)}{': ' + escape(m.message) if m.message else ''}</p>"
+          for m in results.members if m.state not in ("done", "queued", "running")),
+        "<h2>Results</h2>", _study_table(results),
+        *(_sequence_views(results) if sequence else _rank_views(results)),
+    ]
+    return _page(f"spectui: {what.lower()} {results.name}", parts)
+
+
+def _study_table(results: StudyResults) -> str:
+    table = results_table(results)
+    keys = [column.key for column in table.columns]
+    rows = [[escape(text) for text in cells] for cells in table_cells(table)]
+    base = ""
+    if results.base_scores:
+        scores = results.base_scores
+        base = (f"<p class=note>The base before fine-tuning: reference loss {cell_text(scores.reference_loss)}; "
+                "task loss " + ", ".join(f"{escape(task.name)} {cell_text(loss)}"
+                                         for task, loss in zip(results.tasks, scores.task_loss)) + ".</p>")
+    left = tuple(keys.index(key) for key in ("task", "state") if key in keys)
+    return _table([column.title for column in table.columns], rows, right_from=1, left=left) + base
+
+
+def _rank_views(results: StudyResults) -> list[str]:
+    chosen = matched(results)
+    if not chosen.members:
+        return ["<p class=note>No member has been measured yet.</p>"]
+    ranks = [m.rank_label for m in results.members]
+    which = (f"the member whose task loss is nearest {chosen.target:.4f}, the best task loss every rank reached"
+             if len(set(ranks)) < len(ranks) else "its member")
+    names = ", ".join(f"<code>{escape(m.name)}</code>" for m in chosen.members)
+    k = results.k
+    return [
+        f"<h2>Ranks compared</h2><p class=note>Per LoRA rank, and full fine-tuning, {which} ({names}): as in the "
+        "paper, forgetting is compared at matched task performance.</p><div class=figs>",
+        figures.study_curves(intruders_vs_rank(results), "Intruders vs rank", "LoRA rank",
+                             f"intruders in the top {k}", "study-intruders", counts=True),
+        figures.study_curves(forgetting_vs_rank(results), "Forgetting vs rank", "LoRA rank",
+                             "loss (nats per token)", "study-forgetting"),
+        figures.study_curves([effective_rank_vs_rank(results)], "Effective rank of ΔW vs rank", "LoRA rank",
+                             "median effective rank of ΔW", "study-effective-rank"),
+        "</div>",
+    ]
+
+
+def _sequence_views(results: StudyResults) -> list[str]:
+    return [
+        "<h2>Forgetting across stages</h2><p class=note>Per line, the loss on each task's held-out examples "
+        "after each stage (the base before any); forgetting is a task's loss after the last stage minus its loss "
+        "right after its own stage. Below: the reference loss and the intruders (k = "
+        f"{results.k}, ε = 0.5) of each stage's model against the original base.</p><div class=figs>",
+        *(_forgetting_grid(results, line) for line in results.lines),
+        "</div><h2>Intruders and reference loss per stage</h2><div class=figs>",
+        figures.study_curves(intruders_vs_stage(results), "Intruders vs stage (ε = 0.5)", "stage",
+                             f"intruders in the top {results.k}", "sequence-intruders", counts=True),
+        figures.study_curves(reference_vs_stage(results), "Reference loss vs stage", "stage",
+                             "reference loss (forgetting)", "sequence-reference"),
+        "</div>",
+    ]
+
+
+def _forgetting_grid(results: StudyResults, line: str) -> str:
+    """One line's task × stage losses, with the reference loss and intruders per stage under them."""
+    matrix = forgetting_matrix(results, line)
+    intruders = next(curve for curve in intruders_vs_stage(results) if curve.label == line)
+    reference = next(curve for curve in reference_vs_stage(results) if curve.label == line)
+    header = ["task", *("base" if stage == "base" else f"stage {stage}" for stage in matrix.stages), "forgetting"]
+    rows = [[escape(task), *map(cell_text, row), cell_text(forgot, signed=True)]
+            for task, row, forgot in zip(matrix.tasks, matrix.loss, matrix.forgetting())]
+    rows += [["<em>reference</em>", *map(cell_text, reference.y), ""],
+             ["<em>intruders</em>", *map(cell_text, intruders.y), ""]]
+    return f"<div><p><strong>{escape(line)}</strong></p>{_table(header, rows, right_from=1)}</div>"
