@@ -1,6 +1,9 @@
-"""One matrix in detail: spectra, the top tuned vectors, and the similarity heatmap."""
+"""One matrix in detail: spectra, the top tuned vectors, the similarity heatmap, and the follow-up
+literature's figures (principal angles, where ‖ΔW‖² lies, spectral drift)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,6 +18,9 @@ from spectui.tui.widgets import formats
 from spectui.tui.widgets.heatmap import Heatmap
 from spectui.tui.widgets.plots import SpectrumPlot
 from spectui.tui.widgets.vector_table import VectorTable
+
+if TYPE_CHECKING:
+    from spectui.spectral import MatrixResult
 
 HEATMAP_MIN = 10  # the paper's Fig. 3 shows the top 10 × 10
 
@@ -39,6 +45,7 @@ class MatrixScreen(ResultsScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("", id="matrix-info")
+        yield Static("", id="matrix-followup")
         with Horizontal(id="matrix-plots"):
             yield SpectrumPlot(id="spectrum")
             yield Heatmap(id="heatmap")
@@ -61,6 +68,7 @@ class MatrixScreen(ResultsScreen):
         self._shown = state
         info = self.query_one("#matrix-info", Static)
         title = f"[b]{short_name(self.matrix)}[/]"
+        self.query_one("#matrix-followup", Static).update("" if result is None else followup(result, k, eps))
         if result is None:
             spec = ins.comparison.tuned[model].spec(self.matrix)
             if spec is None:
@@ -109,3 +117,19 @@ class MatrixScreen(ResultsScreen):
         self.matrix = target
         ins.prioritize(target)
         self.update_view()
+
+
+def followup(result: MatrixResult, k: int, epsilon: float) -> str:
+    """The follow-up metrics at r = k, as `spectui scan --json` gives them per matrix: how far the top-k
+    subspace turned, how much of ‖ΔW‖² lies in the base's top-k subspace and along the intruders, and
+    the relative change of the top-k singular values."""
+    angles = result.principal_angles(k)
+    drift = result.spectral_drift(k)
+    return (
+        f"top-{len(angles)} subspace: largest principal angle [b]{formats.angle(result.max_principal_angle(k))}[/] "
+        f"(angles {' '.join(formats.angle(a) for a in angles)}) · "
+        f"‖ΔW‖² in the base's top {k} [b]{formats.share(result.base_subspace_share(k))}[/], "
+        f"along the intruders [b]{formats.share(result.intruder_share(k, epsilon))}[/]\n"
+        f"spectral drift of σ 0…{len(drift) - 1} ({formats.RANKS_FROM}): {' '.join(formats.drift(d) for d in drift)} "
+        f"· mean |drift| [b]{formats.share(result.mean_abs_drift(k))}[/]"
+    )

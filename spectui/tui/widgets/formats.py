@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from spectui.report.summary import rank, ratio
 
-__all__ = ["RANKS_FROM", "cosine", "loss", "perplexity", "rank", "ranks", "ratio", "share", "sigma"]
+__all__ = ["RANKS_FROM", "angle", "cosine", "drift", "loss", "perplexity", "rank", "ranks", "ratio", "share",
+           "sigma"]
 
 RANKS_FROM = "from 0"  # singular vectors' ranks, as the JSON's intruder_ranks count them
 
@@ -43,3 +44,14 @@ def perplexity(value: float | None) -> str:
 def share(value: float | None) -> str:
     """A fraction as a percentage with one decimal (refit errors, accuracy)."""
     return "–" if value is None else f"{value:.1%}"
+
+
+def angle(value: float | None) -> str:
+    """A principal angle in degrees, one decimal (the reports' median angle reads the same)."""
+    return "–" if value is None else f"{value:.1f}°"
+
+
+def drift(value: float | None) -> str:
+    """A relative change (spectral drift), signed, as a percentage with one decimal; NaN (a zero
+    base singular value) has none."""
+    return "–" if value is None or value != value else f"{value:+.1%}"
