@@ -36,6 +36,7 @@ MAIN = (
     Key("x", "export", "Export", "the scan as JSON, CSV and an SVG screenshot, then HTML and Markdown reports"),
     Key("r", "train", "Train", "fine-tune the base: a new run, detached (it outlives spectui)"),
     Key("R", "runs", "Runs", "fine-tuning runs: state, progress, open or add a result"),
+    Key("S", "studies", "Studies", "a study's results: its table and the paper's views (ranks, or a sequence)"),
     Key("question_mark", "help", "Help", "this list of keys", "?"),
     Key("q", "quit", "Quit", "leave spectui (training runs go on in the background)"),
 )
@@ -69,10 +70,12 @@ def footer(*actions: str) -> list[Binding]:
 def read_escape_before_a_key() -> None:
     """Make Textual's terminal reader take ESC + one character as Escape, then the character
     (see the module's docstring). Done once per process, before the app reads its first key."""
-    from textual._xterm_parser import XTermParser
-
-    original = XTermParser._sequence_to_key_events
-    if getattr(original, "_spectui", False):
+    try:
+        from textual._xterm_parser import XTermParser
+    except ImportError:  # a private module: another Textual version reads keys its own way
+        return
+    original = getattr(XTermParser, "_sequence_to_key_events", None)
+    if original is None or getattr(original, "_spectui", False):
         return
 
     def sequence_to_key_events(self, sequence: str, alt: bool = False):
