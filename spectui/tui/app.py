@@ -28,6 +28,7 @@ from spectui.tui.screens import (
     RunsScreen,
     ThresholdsScreen,
     TrainScreen,
+    open_studies,
 )
 from spectui.tui.widgets.matrix_list import MatrixList
 
@@ -214,6 +215,9 @@ class SpectuiApp(App):
     def action_runs(self) -> None:
         if not isinstance(self.screen, RunsScreen):
             self.push_screen(RunsScreen())
+
+    def action_studies(self) -> None:
+        open_studies(self)
 
     @work(thread=True, group="runs", exclusive=True, exit_on_error=False)
     def reattach_runs(self) -> None:

@@ -39,7 +39,7 @@ class CompareScreen(ResultsScreen):
         Binding("escape", "app.pop_screen", "Back", tooltip="back"),
         Binding("enter", "show_model", "Show model", show=False,
                 tooltip="show the highlighted model everywhere (the overview, the matrix views)"),
-        *footer("mitigate", "help"),
+        *footer("mitigate", "studies", "help"),
     ]
 
     def __init__(self, inspector) -> None:

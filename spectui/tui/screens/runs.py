@@ -165,7 +165,7 @@ class RunsScreen(SpectuiScreen):
         Binding("enter", "open_run", "Open run", show=False, tooltip="the highlighted run's live view"),
         Binding("o", "open_output", "Open result", tooltip="show the finished run's output on the overview"),
         Binding("a", "add_output", "Add to comparison", tooltip="add the finished run's output to the comparison"),
-        *footer("train", "help"),
+        *footer("train", "studies", "help"),
     ]
 
     def __init__(self) -> None:

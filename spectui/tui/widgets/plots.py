@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rich.text import Text
 from textual_plotext import PlotextPlot
@@ -69,6 +69,7 @@ class Figure:
     y_log: bool = False  # ys are positive and drawn on a log scale
     y_from_zero: bool = False
     mark: tuple[str, float] | None = None  # (legend text, x) of the chosen threshold
+    categories: tuple[str, ...] = ()  # x names its points (ranks r1 … full, stages): xs are 0, 1, …
 
     def add(self, label: str | None, xs: Sequence[float], ys: Sequence[float], *, scatter: bool = False,
             look: Look | None = None, z: int = 0) -> None:
@@ -134,6 +135,8 @@ class Plot(PlotextPlot):
         ys = [float(y) for s in drawn for y in s.ys]
         if figure.mark is not None:
             xs.append(float(figure.mark[1]))
+        if figure.categories:  # every named point on the axis, measured or not yet
+            xs += [0.0, len(figure.categories) - 1.0]
         if not xs:
             xs, ys = [0.0, 1.0], [0.0, 1.0]
         canvas_rows = rows - 2 - bool(figure.title) - 1 - bool(figure.xlabel)
@@ -147,6 +150,9 @@ class Plot(PlotextPlot):
                                  horizontal=False)
         label_width = max((len(text) for text in y_axis.labels), default=1)
         x_axis = linear_axis(min(xs), max(xs), width - label_width - 3, integer=figure.x_integer)
+        if figure.categories:
+            x_axis = replace(x_axis, ticks=tuple(map(float, range(len(figure.categories)))),
+                             labels=figure.categories)
 
         if figure.title:
             plt.title(figure.title)
