@@ -31,13 +31,13 @@ async def test_the_matrix_detail_shows_angles_shares_and_drift(make_app):
         await pilot.pause()
         assert isinstance(app.screen, MatrixScreen)
         result = app.inspector.result(0, name)
-        text = " ".join(shown(app, "#matrix-followup").split())
+        text = " ".join((shown(app, "#matrix-followup") + shown(app, "#matrix-followup-values")).split())
         assert f"largest principal angle {formats.angle(result.max_principal_angle(10))}" in text
         assert " ".join(formats.angle(a) for a in result.principal_angles(10)) in text
         assert f"‖ΔW‖² in the base's top 10 {formats.share(result.base_subspace_share(10))}" in text
         assert f"along the intruders {formats.share(result.intruder_share(10, 0.5))}" in text
         assert " ".join(formats.drift(d) for d in result.spectral_drift(10)) in text
-        assert f"mean |drift| {formats.share(result.mean_abs_drift(10))}" in text
+        assert f"mean |drift| of σ {formats.share(result.mean_abs_drift(10))}" in text
         assert result.intruder_share(10, 0.5) > 0  # a matrix with intruders: some ΔW lies along them
 
         await pilot.press("right_square_bracket")  # ε 0.55: the share along the intruders follows

@@ -46,6 +46,7 @@ class MatrixScreen(ResultsScreen):
         yield Header()
         yield Static("", id="matrix-info")
         yield Static("", id="matrix-followup")
+        yield Static("", id="matrix-followup-values")
         with Horizontal(id="matrix-plots"):
             yield SpectrumPlot(id="spectrum")
             yield Heatmap(id="heatmap")
@@ -68,7 +69,9 @@ class MatrixScreen(ResultsScreen):
         self._shown = state
         info = self.query_one("#matrix-info", Static)
         title = f"[b]{short_name(self.matrix)}[/]"
-        self.query_one("#matrix-followup", Static).update("" if result is None else followup(result, k, eps))
+        summary, values = ("", "") if result is None else followup(result, k, eps)
+        self.query_one("#matrix-followup", Static).update(summary)
+        self.query_one("#matrix-followup-values", Static).update(values)
         if result is None:
             spec = ins.comparison.tuned[model].spec(self.matrix)
             if spec is None:
@@ -119,17 +122,16 @@ class MatrixScreen(ResultsScreen):
         self.update_view()
 
 
-def followup(result: MatrixResult, k: int, epsilon: float) -> str:
+def followup(result: MatrixResult, k: int, epsilon: float) -> tuple[str, str]:
     """The follow-up metrics at r = k, as `spectui scan --json` gives them per matrix: how far the top-k
     subspace turned, how much of ‖ΔW‖² lies in the base's top-k subspace and along the intruders, and
-    the relative change of the top-k singular values."""
-    angles = result.principal_angles(k)
-    drift = result.spectral_drift(k)
-    return (
-        f"top-{len(angles)} subspace: largest principal angle [b]{formats.angle(result.max_principal_angle(k))}[/] "
-        f"(angles {' '.join(formats.angle(a) for a in angles)}) · "
-        f"‖ΔW‖² in the base's top {k} [b]{formats.share(result.base_subspace_share(k))}[/], "
-        f"along the intruders [b]{formats.share(result.intruder_share(k, epsilon))}[/]\n"
-        f"spectral drift of σ 0…{len(drift) - 1} ({formats.RANKS_FROM}): {' '.join(formats.drift(d) for d in drift)} "
-        f"· mean |drift| [b]{formats.share(result.mean_abs_drift(k))}[/]"
-    )
+    the relative change of the top-k singular values; then the angles and each σ's drift."""
+    angles, drift = result.principal_angles(k), result.spectral_drift(k)
+    largest = formats.angle(result.max_principal_angle(k))
+    summary = (f"top-{len(angles)} subspace: largest principal angle [b]{largest}[/] · "
+               f"‖ΔW‖² in the base's top {k} [b]{formats.share(result.base_subspace_share(k))}[/], "
+               f"along the intruders [b]{formats.share(result.intruder_share(k, epsilon))}[/] · "
+               f"mean |drift| of σ [b]{formats.share(result.mean_abs_drift(k))}[/]")
+    values = (f"angles {' '.join(formats.angle(a) for a in angles)} · drift of σ 0…{len(drift) - 1}: "
+              f"{' '.join(formats.drift(d) for d in drift)}")
+    return summary, values
