@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -79,37 +80,78 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _options(name: str, metadata: dict) -> dict[str, Any]:
     options: dict[str, Any] = {"help": metadata["help"], "default": argparse.SUPPRESS}
-    hint = typing.get_type_hints(StudySpec)[name]
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    kinds = [t for t in (typing.get_args(hint) if union else (hint,)) if t is not type(None)]
-    if name == "alpha":
-        return {**options, "type": _alpha, "metavar": metadata["metavar"]}
-    if typing.get_origin(kinds[0]) is list:
-        item = typing.get_args(kinds[0])[0]
-        return {**options, "type": _list_of(item), "metavar": metadata["metavar"]}
-    if kinds[0] is bool:
+    kind, _ = _kind(name)
+    if name == "alpha" or typing.get_origin(kind) is list:
+        return {**options, "type": _flag_type(name), "metavar": metadata["metavar"]}
+    if kind is bool:
         return {**options, "action": argparse.BooleanOptionalAction}
     choices = metadata.get("choices")
-    return {**options, "type": kinds[0], "choices": choices,
+    return {**options, "type": kind, "choices": choices,
             "metavar": None if choices else metadata.get("metavar", name.upper())}
 
 
-def _list_of(kind: type):
-    def parse(value: str) -> list:
-        parts = [part.strip() for part in value.split(",") if part.strip()]
+def _kind(name: str) -> tuple[Any, bool]:
+    """A StudySpec field's type (None aside), and whether it may be None."""
+    hint = typing.get_type_hints(StudySpec)[name]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = typing.get_args(hint) if union else (hint,)
+    return next(t for t in kinds if t is not type(None)), type(None) in kinds
+
+
+def _flag_type(name: str):
+    def parse(value: str) -> Any:
         try:
-            return [kind(part) for part in parts]
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"'{value}' is not comma-separated {_LIST_WORDS[kind]}") from None
+            return parse_text(name, value)
+        except StudyError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return parse
 
 
-def _alpha(value: str) -> str | float:
-    try:
-        return parse_alpha(value)
-    except StudyError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def parse_text(name: str, text: str) -> Any:
+    """A study field's value from text, as its flag and the Study tab read it: a list comma-separated,
+    alpha 2r or a number, blank none where the field may be none; StudyError in one sentence
+    otherwise. (The value's own checks, ranks of at least 1 and the like, are StudySpec's.)"""
+    kind, optional = _kind(name)
+    text = text.strip()
+    if not text and optional:
+        return None
+    if name == "alpha":
+        return parse_alpha(text)
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        try:
+            return [item(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise StudyError(f"'{text}' is not comma-separated {_LIST_WORDS[item]}") from None
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise StudyError(f"{name} must be a whole number") from None
+    return text
+
+
+def render_command(spec: StudySpec) -> str:
+    """The `spectui study` command line of a spec (the Study tab's preview): the base, then every
+    setting that is not the default."""
+    defaults = StudySpec()
+    words = ["spectui", "study"]
+    settings = [(f.name, getattr(spec, f.name)) for f in fields(StudySpec) if f.name != "run"]
+    for name, value in [*settings, *spec.run.items()]:
+        if value is None or (name != "base" and value == getattr(defaults, name, None)):
+            continue
+        if isinstance(value, bool):
+            words.append(flag_name(name) if value else "--no-" + flag_name(name)[2:])
+        else:
+            words += [flag_name(name), flag_text(value)]
+    return shlex.join(words)
+
+
+def flag_text(value: Any) -> str:
+    """A value as its flag takes it: a list comma-separated, a number as short as it reads (2e-05)."""
+    if isinstance(value, list):
+        return ",".join(map(flag_text, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def spec_from_args(args: argparse.Namespace) -> StudySpec:

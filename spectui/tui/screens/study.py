@@ -19,6 +19,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Label, OptionList, Static
 
+from spectui.cli.study import forgetting_table, start
 from spectui.errors import InputError
 from spectui.finetune.runs import LIVE, Run, RunStatus, State
 from spectui.finetune.study import Study, list_studies
@@ -189,8 +190,6 @@ class StudyScreen(SpectuiScreen):
     def resume_study(self) -> None:
         """The study's saved spec started again, as `spectui study DIR/study.json` does (off the UI
         thread: it reads the data first)."""
-        from spectui.cli.study import start
-
         start(self.study.spec())
         self.app.call_from_thread(self.notify, f"study {self.study.name} goes on", title="resumed")
         self.app.call_from_thread(self.reload)
@@ -220,8 +219,6 @@ def status_text(study: Study, status: RunStatus, last: list[str], results: Study
 def forgetting_tables(results: StudyResults) -> Columns:
     """Each line's forgetting matrix, as `spectui study` prints it: side by side where they fit, else
     one under the other."""
-    from spectui.cli.study import forgetting_table
-
     tables = []
     for line in results.lines:
         table = forgetting_table(results, line)

@@ -10,7 +10,7 @@ import os
 from dataclasses import fields, replace
 from pathlib import Path
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.suggester import Suggester, SuggestFromList
@@ -19,30 +19,35 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from spectui.finetune.spec import TARGET_PRESETS, RunSpec, SpecError, field_kind, parse_field
 from spectui.tui.messages import SpecEdited
+from spectui.tui.widgets.data_check import DataCheck
 from spectui.tui.widgets.field import Field
 from spectui.tui.widgets.toggles import Check
 
 FORM_FIELDS = (
-    "method", "task", "base", "data", "rank", "alpha", "alpha_2r", "dropout", "target_modules",
+    "method", "task", "base", "data", "start_from", "rank", "alpha", "alpha_2r", "dropout", "target_modules",
     "lr", "epochs", "max_steps", "batch_size", "grad_accum", "max_seq_len", "warmup_steps",
     "scheduler", "seed", "save_every", "device", "dtype", "name",
 )
 ADAPTER_FIELDS = ("rank", "alpha", "alpha_2r", "dropout", "target_modules")
 LABELS = {"lr": "learning rate", "alpha_2r": "α = 2r", "save_every": "checkpoint every",
-          "grad_accum": "grad accumulation", "warmup_steps": "warm-up steps"}
+          "grad_accum": "grad accumulation", "warmup_steps": "warm-up steps", "start_from": "start from"}
 PLACEHOLDERS = {"max_steps": "blank: train for the epochs above",
-                "name": "blank: method, rank and time"}
+                "name": "blank: method, rank and time",
+                "start_from": "blank: the base; or a run's name (its output), or a model directory"}
 _METADATA = {spec_field.name: spec_field.metadata for spec_field in fields(RunSpec)}
 
 
 class PathSuggester(Suggester):
-    """Completes the last component of a path from the directory it is in (Tab or → accepts)."""
+    """Completes the last component of a path from the directory it is in (Tab or → accepts); with
+    `separator`, of the last path in a list of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, separator: str | None = None) -> None:
         super().__init__(use_cache=False, case_sensitive=True)
+        self.separator = separator
 
     async def get_suggestion(self, value: str) -> str | None:
-        head, slash, stem = value.rpartition("/")
+        path = value.rpartition(self.separator)[2] if self.separator else value
+        head, slash, stem = path.lstrip().rpartition("/")
         directory = Path(head + slash or ".").expanduser()
         try:
             with os.scandir(directory) as entries:
@@ -54,7 +59,22 @@ class PathSuggester(Suggester):
         return value + names[0][len(stem):] if names else None
 
 
-SUGGESTERS = {"base": PathSuggester(), "data": PathSuggester(),
+class RunSuggester(PathSuggester):
+    """Completes a run's name from the runs directory, else a path."""
+
+    async def get_suggestion(self, value: str) -> str | None:
+        from spectui.locations import runs_dir
+
+        try:
+            with os.scandir(runs_dir()) as entries:
+                names = sorted(entry.name for entry in entries if entry.name.startswith(value)
+                               and (Path(entry.path) / "spec.json").is_file())
+        except OSError:
+            names = []
+        return names[0] if value and names else await super().get_suggestion(value)
+
+
+SUGGESTERS = {"base": PathSuggester(), "data": PathSuggester(), "start_from": RunSuggester(),
               "target_modules": SuggestFromList(TARGET_PRESETS)}
 
 
@@ -67,8 +87,7 @@ class SpecForm(VerticalScroll):
         self.spec = spec
         self.errors: dict[str, str] = {}
         self._launch_errors: dict[str, str] = {}  # found only at launch (e.g. the run's name taken)
-        self._data_checked: tuple | None = None  # what the data check below last read
-        self._data_error = ""  # the data file's content, read off the UI thread
+        self.data_check = DataCheck(self, self.validate)
 
     def compose(self) -> ComposeResult:
         for name in FORM_FIELDS:
@@ -121,8 +140,10 @@ class SpecForm(VerticalScroll):
                 parse_errors[name] = str(error)
         self.spec = replace(self.spec, **values)
         self.errors = {**self.spec.errors(), **parse_errors}
-        if "data" not in self.errors and (data_error := self._check_data()):
+        if "data" not in self.errors and (data_error := self.data_check.problem([self.spec])):
             self.errors["data"] = data_error
+        if "start_from" not in self.errors and (start_error := _start_problem(self.spec)):
+            self.errors["start_from"] = start_error
         shown = {**self.errors, **self._launch_errors}
         for name in FORM_FIELDS:
             message = shown.get(name, "")
@@ -133,43 +154,8 @@ class SpecForm(VerticalScroll):
         self._adapt_to_method()
         self.post_message(SpecEdited(self.spec, self.errors))
 
-    def _check_data(self) -> str:
-        """The data file's problem, as launching would find it: a missing file or wrong type at
-        once, its content (fields, labels, enough examples) from a worker that reads it."""
-        from spectui.finetune.data import SUFFIXES
-
-        spec = self.spec
-        path = Path(spec.data).expanduser()
-        if not path.is_file():
-            return f"{path}: file not found" if not path.exists() else f"{path}: not a file"
-        if path.suffix.lower() not in SUFFIXES:
-            return f"{path}: unsupported file type; use {', '.join(SUFFIXES)}"
-        key = _data_key(spec)
-        if key != self._data_checked:
-            self._data_checked, self._data_error = key, ""
-            self.read_data(spec, key)
-        return self._data_error
-
-    @work(thread=True, group="data-check", exclusive=True, exit_on_error=False)
-    def read_data(self, spec: RunSpec, key: tuple) -> None:
-        from spectui.finetune.data import DataError, load_splits
-
-        try:
-            load_splits(spec)
-            problem = ""
-        except DataError as error:
-            problem = str(error)
-        except OSError as error:
-            problem = f"{spec.data}: cannot be read ({error.strerror or error})"
-        self.app.call_from_thread(self._data_read, key, problem)
-
     def on_worker_state_changed(self, event) -> None:
         self.app.worker_ended(event)
-
-    def _data_read(self, key: tuple, problem: str) -> None:
-        if key == self._data_checked and problem != self._data_error:
-            self._data_error = problem
-            self.validate()
 
     def _adapt_to_method(self) -> None:
         """Adapter fields are off for full fine-tuning; α is off when it is 2r; the learning rate
@@ -193,18 +179,16 @@ class SpecForm(VerticalScroll):
                      suggester=SUGGESTERS.get(name), **common)
 
 
-def _data_key(spec: RunSpec) -> tuple:
-    """What the data check depends on, with the file's identity (edited → read again)."""
-    def identity(name: str | None):
-        if not name:
-            return None
-        try:
-            stat = Path(name).expanduser().stat()
-        except OSError:
-            return None
-        return name, stat.st_mtime_ns, stat.st_size
+def _start_problem(spec: RunSpec) -> str:
+    """Why the run named to start from cannot be, as creating the run would find it: no such run or
+    directory, or a run of another base."""
+    from spectui.finetune.runs import RunError, resolve_start
 
-    return (identity(spec.data), spec.task, identity(spec.eval_file), spec.eval_fraction, spec.seed)
+    try:
+        resolve_start(spec)
+    except RunError as error:
+        return str(error)
+    return ""
 
 
 def _text(value: object) -> str:
