@@ -86,7 +86,7 @@ def test_the_report_is_written_when_the_study_ends(tmp_path, monkeypatch):
     written(directory, rank_study())
     study = Study(directory)
     study.set_status(State.DONE)
-    monkeypatch.setattr(study_cli, "start", lambda spec: (study, None))
+    monkeypatch.setattr(study_cli, "start_study", lambda spec: (study, None))
     monkeypatch.setattr(study_cli, "follow", lambda study, process, out: 0)
     report = tmp_path / "out" / "ranks.html"
     assert study_cli.launch(None, report=report) == 0

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 import time
-import types
 import typing
 from contextlib import suppress
 from dataclasses import fields, replace
@@ -31,13 +28,13 @@ from spectui.finetune.study import (
     StudyError,
     StudySpec,
     load_study_spec,
-    open_study,
-    parse_alpha,
+    parse_text,
     saved_name,
+    start_study,
+    study_field_kind,
 )
 
 POLL_S = 0.5
-_LIST_WORDS = {int: "whole numbers", float: "numbers", str: "file names"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -80,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _options(name: str, metadata: dict) -> dict[str, Any]:
     options: dict[str, Any] = {"help": metadata["help"], "default": argparse.SUPPRESS}
-    kind, _ = _kind(name)
+    kind, _ = study_field_kind(name)
     if name == "alpha" or typing.get_origin(kind) is list:
         return {**options, "type": _flag_type(name), "metavar": metadata["metavar"]}
     if kind is bool:
@@ -90,14 +87,6 @@ def _options(name: str, metadata: dict) -> dict[str, Any]:
             "metavar": None if choices else metadata.get("metavar", name.upper())}
 
 
-def _kind(name: str) -> tuple[Any, bool]:
-    """A StudySpec field's type (None aside), and whether it may be None."""
-    hint = typing.get_type_hints(StudySpec)[name]
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    kinds = typing.get_args(hint) if union else (hint,)
-    return next(t for t in kinds if t is not type(None)), type(None) in kinds
-
-
 def _flag_type(name: str):
     def parse(value: str) -> Any:
         try:
@@ -105,53 +94,6 @@ def _flag_type(name: str):
         except StudyError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
     return parse
-
-
-def parse_text(name: str, text: str) -> Any:
-    """A study field's value from text, as its flag and the Study tab read it: a list comma-separated,
-    alpha 2r or a number, blank none where the field may be none; StudyError in one sentence
-    otherwise. (The value's own checks, ranks of at least 1 and the like, are StudySpec's.)"""
-    kind, optional = _kind(name)
-    text = text.strip()
-    if not text and optional:
-        return None
-    if name == "alpha":
-        return parse_alpha(text)
-    if typing.get_origin(kind) is list:
-        item = typing.get_args(kind)[0]
-        try:
-            return [item(part.strip()) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise StudyError(f"'{text}' is not comma-separated {_LIST_WORDS[item]}") from None
-    if kind is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise StudyError(f"{name} must be a whole number") from None
-    return text
-
-
-def render_command(spec: StudySpec) -> str:
-    """The `spectui study` command line of a spec (the Study tab's preview): the base, then every
-    setting that is not the default."""
-    defaults = StudySpec()
-    words = ["spectui", "study"]
-    settings = [(f.name, getattr(spec, f.name)) for f in fields(StudySpec) if f.name != "run"]
-    for name, value in [*settings, *spec.run.items()]:
-        if value is None or (name != "base" and value == getattr(defaults, name, None)):
-            continue
-        if isinstance(value, bool):
-            words.append(flag_name(name) if value else "--no-" + flag_name(name)[2:])
-        else:
-            words += [flag_name(name), flag_text(value)]
-    return shlex.join(words)
-
-
-def flag_text(value: Any) -> str:
-    """A value as its flag takes it: a list comma-separated, a number as short as it reads (2e-05)."""
-    if isinstance(value, list):
-        return ",".join(map(flag_text, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def spec_from_args(args: argparse.Namespace) -> StudySpec:
@@ -182,23 +124,11 @@ def study_command(args: argparse.Namespace) -> int:
     return launch(spec, detach=args.detach, as_json=args.json, report=args.report)
 
 
-def start(spec: StudySpec) -> tuple[Study, subprocess.Popen | None]:
-    """The study of a checked spec started detached, or re-attached to (no process) when it runs;
-    every task's data is read first, so a bad file is reported before anything is launched. The
-    one way a study starts, for `spectui study` and the TUI's Study tab."""
-    from spectui.finetune.data import load_splits
-
-    for member in {m.task: m for m in reversed(spec.members())}.values():
-        load_splits(member.spec)
-    study = open_study(spec)
-    return study, None if study.running() else study.start()
-
-
 def launch(spec: StudySpec, detach: bool = False, as_json: bool = False,
            report: Path | None = None) -> int:
     """Start (or re-attach to) the study of a checked spec and, unless detached, follow it to
     the end, print its results and write its report."""
-    study, process = start(spec)
+    study, process = start_study(spec)
     if detach:
         print(study.path)
         return 0
@@ -298,69 +228,11 @@ def print_results(study: Study, as_json: bool) -> None:
         sys.stdout.write("\n")
         return
     from spectui.cli.options import stdout_console
+    from spectui.report.terminal import study_tables
 
     console = stdout_console()
-    for table in result_tables(results):
+    for table in study_tables(results):
         console.print(table)
-
-
-def result_tables(results) -> list:
-    """Rich tables: the results table, then the study's views (matched task loss; or per line of
-    a sequence, the forgetting matrix with intruders and reference loss per stage)."""
-    from rich.table import Table
-
-    from spectui.study_results import matched, results_table, table_cells
-
-    data = results_table(results)
-    table = Table(title=f"Study {results.name}: task loss on held-out examples, reference loss "
-                        f"(forgetting), intruders at k={results.k} for each ε, median effective "
-                        "rank of ΔW", title_justify="left")
-    for column in data.columns:
-        title = column.title.replace("intruders ", "").replace("eff. rank ΔW", "eff. rank")
-        left = column.key in ("member", "task", "state")
-        table.add_column(title, justify="left" if left else "right", no_wrap=left)
-    for cells in table_cells(data):
-        table.add_row(*cells)
-    tables = [table]
-    if results.base_scores:
-        base = results.base_scores
-        tables.append(f"base: reference loss {base.reference_loss:.4f}, task loss "
-                      + ", ".join(f"{task.name} {loss:.4f}"
-                                  for task, loss in zip(results.tasks, base.task_loss)))
-    if results.kind == "study":
-        chosen = matched(results)
-        ranks = [m.rank_label for m in results.members]
-        if chosen.target is not None and len(set(ranks)) < len(ranks):  # a grid: match the task
-            tables.append(f"at matched task loss (≈ {chosen.target:.4f}, the best every rank "
-                          "reached): " + "; ".join(
-                              f"{m.rank_label} lr {m.lr:g}: task {m.own_task_loss:.4f}, reference "
-                              f"{m.reference_loss:.4f}, intruders {m.intruders_at(0.5)}"
-                              for m in chosen.members))
-        return tables
-    return tables + [forgetting_table(results, line) for line in results.lines]
-
-
-def forgetting_table(results, line: str):
-    """One line of a sequence as a rich table: the task loss after each stage (rows: tasks, and
-    how much later stages undid each), then the reference loss and intruders (ε=0.5) per stage."""
-    from rich.table import Table
-
-    from spectui.study_results import cell_text, forgetting_matrix, intruders_vs_stage, reference_vs_stage
-
-    matrix = forgetting_matrix(results, line)
-    intruders = next(curve for curve in intruders_vs_stage(results) if curve.label == line)
-    reference = next(curve for curve in reference_vs_stage(results) if curve.label == line)
-    grid = Table(title=f"{line}: task loss after each stage (rows: tasks), reference loss and "
-                       f"intruders (ε=0.5) against the original base", title_justify="left")
-    grid.add_column("")
-    for stage in matrix.stages:
-        grid.add_column("base" if stage == "base" else f"stage {stage}", justify="right")
-    grid.add_column("forgetting", justify="right")
-    for task, row, forgot in zip(matrix.tasks, matrix.loss, matrix.forgetting()):
-        grid.add_row(task, *(cell_text(value) for value in row), cell_text(forgot, signed=True))
-    grid.add_row("reference", *(cell_text(value) for value in reference.y), "")
-    grid.add_row("intruders", *(cell_text(value) for value in intruders.y), "")
-    return grid
 
 
 def sequence_spec(args: argparse.Namespace, files: list[str]) -> StudySpec:

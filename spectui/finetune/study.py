@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import subprocess
 import sys
 import threading
@@ -58,6 +59,7 @@ from spectui.finetune.spec import (
     SPEC_LIMIT,
     RunSpec,
     SpecError,
+    flag_name,
     name_error,
 )
 from spectui.locations import runs_dir, samples_dir
@@ -71,6 +73,7 @@ OWNED = ("base", "data", "method", "rank", "alpha", "alpha_2r", "lr", "max_steps
          "start_from")
 RUN_FIELDS = tuple(f.name for f in fields(RunSpec) if f.name not in OWNED)
 ALPHA_2R = "2r"
+_LIST_WORDS = {int: "whole numbers", float: "numbers", str: "file names"}
 POLL_S = 1.0
 MEMBERS_LIMIT = 256  # members in one study: far more than one machine trains in a day
 
@@ -454,6 +457,18 @@ def open_study(spec: StudySpec, root: str | Path | None = None) -> Study:
     return study
 
 
+def start_study(spec: StudySpec) -> tuple[Study, subprocess.Popen | None]:
+    """The study of a checked spec started detached, or re-attached to (no process) when it runs;
+    every task's data is read first, so a bad file is reported before anything is launched. The
+    one way a study starts: `spectui study` and the TUI's Study tab."""
+    from spectui.finetune.data import load_splits
+
+    for member in {m.task: m for m in reversed(spec.members())}.values():
+        load_splits(member.spec)
+    study = open_study(spec)
+    return study, None if study.running() else study.start()
+
+
 def list_studies(root: str | Path | None = None) -> list[Study]:
     """The studies whose directories are in the runs directory (the default place of a study's
     directory), newest first; an absent or unreadable runs directory has none."""
@@ -700,6 +715,61 @@ def parse_alpha(value: Any) -> str | float:
     if not _positive(value):
         raise StudyError(f"alpha must be {ALPHA_2R} or a number greater than 0")
     return float(value)
+
+
+def study_field_kind(name: str) -> tuple[Any, bool]:
+    """A StudySpec field's type (None aside), and whether it may be None."""
+    hint = _HINTS[name]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = typing.get_args(hint) if union else (hint,)
+    return next(t for t in kinds if t is not type(None)), type(None) in kinds
+
+
+def parse_text(name: str, text: str) -> Any:
+    """A field's value from text, as its `spectui study` flag and the Study tab read it: a list
+    comma-separated, alpha 2r or a number, blank none where the field may be none; StudyError in one
+    sentence otherwise. (The value's own checks, ranks of at least 1 and the like, are from_dict's.)"""
+    kind, optional = study_field_kind(name)
+    text = text.strip()
+    if not text and optional:
+        return None
+    if name == "alpha":
+        return parse_alpha(text)
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        try:
+            return [item(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise StudyError(f"'{text}' is not comma-separated {_LIST_WORDS[item]}") from None
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise StudyError(f"{name} must be a whole number") from None
+    return text
+
+
+def flag_text(value: Any) -> str:
+    """A value as its flag takes it: a list comma-separated, a number as short as it reads (2e-05)."""
+    if isinstance(value, list):
+        return ",".join(map(flag_text, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def render_command(spec: StudySpec) -> str:
+    """The `spectui study` command line of a spec (the Study tab's preview): the base, then every
+    setting that is not the default, the members' run settings last."""
+    defaults = StudySpec()
+    words = ["spectui", "study"]
+    settings = [(f.name, getattr(spec, f.name)) for f in fields(StudySpec) if f.name != "run"]
+    for name, value in [*settings, *spec.run.items()]:
+        if value is None or (name != "base" and value == getattr(defaults, name, None)):
+            continue
+        if isinstance(value, bool):
+            words.append(flag_name(name) if value else "--no-" + flag_name(name)[2:])
+        else:
+            words += [flag_name(name), flag_text(value)]
+    return shlex.join(words)
 
 
 def _run_table(value: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A scan as terminal tables (`spectui scan` without --json / --csv)."""
+"""A scan, or a study's results, as terminal tables (`spectui scan` without --json / --csv, `spectui
+study`, and the inspector's study view)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,16 @@ from rich.table import Table
 from spectui.report.records import model_records
 from spectui.report.summary import MATRIX_LEGEND, cell, matrix_rows
 from spectui.results import ScanResults
+from spectui.study_results import (
+    StudyResults,
+    cell_text,
+    forgetting_matrix,
+    intruders_vs_stage,
+    matched,
+    reference_vs_stage,
+    results_table,
+    table_cells,
+)
 
 
 def scan_tables(scan: ScanResults, k: int, epsilon: float) -> list[Table]:
@@ -28,3 +39,54 @@ def scan_tables(scan: ScanResults, k: int, epsilon: float) -> list[Table]:
         cells = [cell(c, lambda count: f"[bold red]{count}[/]") for c in row.cells]
         detail.add_row(row.short + (" †" if row.random_like else ""), row.size, *cells)
     return [summary, detail]
+
+
+def study_tables(results: StudyResults) -> list:
+    """Rich tables: the results table, then the study's views (matched task loss; or per line of
+    a sequence, the forgetting matrix with intruders and reference loss per stage)."""
+    data = results_table(results)
+    table = Table(title=f"Study {results.name}: task loss on held-out examples, reference loss "
+                        f"(forgetting), intruders at k={results.k} for each ε, median effective "
+                        "rank of ΔW", title_justify="left")
+    for column in data.columns:
+        title = column.title.replace("intruders ", "").replace("eff. rank ΔW", "eff. rank")
+        left = column.key in ("member", "task", "state")
+        table.add_column(title, justify="left" if left else "right", no_wrap=left)
+    for cells in table_cells(data):
+        table.add_row(*cells)
+    tables = [table]
+    if results.base_scores:
+        base = results.base_scores
+        tables.append(f"base: reference loss {base.reference_loss:.4f}, task loss "
+                      + ", ".join(f"{task.name} {loss:.4f}"
+                                  for task, loss in zip(results.tasks, base.task_loss)))
+    if results.kind == "study":
+        chosen = matched(results)
+        ranks = [m.rank_label for m in results.members]
+        if chosen.target is not None and len(set(ranks)) < len(ranks):  # a grid: match the task
+            tables.append(f"at matched task loss (≈ {chosen.target:.4f}, the best every rank "
+                          "reached): " + "; ".join(
+                              f"{m.rank_label} lr {m.lr:g}: task {m.own_task_loss:.4f}, reference "
+                              f"{m.reference_loss:.4f}, intruders {m.intruders_at(0.5)}"
+                              for m in chosen.members))
+        return tables
+    return tables + [forgetting_table(results, line) for line in results.lines]
+
+
+def forgetting_table(results: StudyResults, line: str) -> Table:
+    """One line of a sequence as a rich table: the task loss after each stage (rows: tasks, and
+    how much later stages undid each), then the reference loss and intruders (ε=0.5) per stage."""
+    matrix = forgetting_matrix(results, line)
+    intruders = next(curve for curve in intruders_vs_stage(results) if curve.label == line)
+    reference = next(curve for curve in reference_vs_stage(results) if curve.label == line)
+    grid = Table(title=f"{line}: task loss after each stage (rows: tasks), reference loss and "
+                       f"intruders (ε=0.5) against the original base", title_justify="left")
+    grid.add_column("")
+    for stage in matrix.stages:
+        grid.add_column("base" if stage == "base" else f"stage {stage}", justify="right")
+    grid.add_column("forgetting", justify="right")
+    for task, row, forgot in zip(matrix.tasks, matrix.loss, matrix.forgetting()):
+        grid.add_row(task, *(cell_text(value) for value in row), cell_text(forgot, signed=True))
+    grid.add_row("reference", *(cell_text(value) for value in reference.y), "")
+    grid.add_row("intruders", *(cell_text(value) for value in intruders.y), "")
+    return grid

@@ -19,11 +19,11 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Label, OptionList, Static
 
-from spectui.cli.study import forgetting_table, start
 from spectui.errors import InputError
 from spectui.finetune.runs import LIVE, Run, RunStatus, State
-from spectui.finetune.study import Study, list_studies
+from spectui.finetune.study import Study, list_studies, start_study
 from spectui.locations import runs_dir
+from spectui.report.terminal import forgetting_table
 from spectui.study_results import (
     StudyResults,
     StudyResultsError,
@@ -190,7 +190,7 @@ class StudyScreen(SpectuiScreen):
     def resume_study(self) -> None:
         """The study's saved spec started again, as `spectui study DIR/study.json` does (off the UI
         thread: it reads the data first)."""
-        start(self.study.spec())
+        start_study(self.study.spec())
         self.app.call_from_thread(self.notify, f"study {self.study.name} goes on", title="resumed")
         self.app.call_from_thread(self.reload)
 

@@ -23,12 +23,12 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Header, Input, Label, OptionList, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from spectui.cli import study as study_cli
 from spectui.errors import InputError
 from spectui.finetune.data import DataError, load_splits
 from spectui.finetune.runs import RunError, State, create_run
 from spectui.finetune.spec import RunSpec, SpecError, load_spec, render_command, save_spec
-from spectui.finetune.study import StudyError, StudySpec
+from spectui.finetune.study import StudyError, StudySpec, start_study
+from spectui.finetune.study import render_command as render_study_command
 from spectui.locations import presets_dir, samples_dir
 from spectui.tui.keys import footer
 from spectui.tui.messages import SpecEdited
@@ -98,7 +98,7 @@ class TrainScreen(SpectuiScreen):
 
     def on_study_form_edited(self, message: StudyForm.Edited) -> None:
         """The study's command, and what blocks its launch (a problem of no field too: the base's)."""
-        self.query_one("#study-command", Static).update(f"$ {escape(study_cli.render_command(message.spec))}")
+        self.query_one("#study-command", Static).update(f"$ {escape(render_study_command(message.spec))}")
         notes = (f"[red]{len(message.errors)} thing(s) to fix before launching: "
                  f"{escape('; '.join(message.errors.values()))}[/]") if message.errors else ""
         self.query_one("#study-notes", Static).update(notes)
@@ -163,7 +163,7 @@ class TrainScreen(SpectuiScreen):
         spec = spec.resolved()
         try:
             spec.check()
-            study, _ = study_cli.start(spec)
+            study, _ = start_study(spec)
         except DataError as error:
             self.app.call_from_thread(self._refused, StudyForm, "sequence" if spec.is_sequence else "data",
                                       str(error))

@@ -18,9 +18,8 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from spectui.cli.study import flag_text, parse_text
 from spectui.finetune.spec import ADAPTER_LR, FULL_LR, RunSpec
-from spectui.finetune.study import StudyError, StudySpec
+from spectui.finetune.study import StudyError, StudySpec, flag_text, parse_text
 from spectui.tui.widgets.data_check import DataCheck
 from spectui.tui.widgets.field import Field
 from spectui.tui.widgets.spec_form import PathSuggester
