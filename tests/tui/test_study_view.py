@@ -80,6 +80,11 @@ async def wait_for(pilot, condition, what: str, timeout: float = 20.0) -> None:
         assert waited < timeout, f"timed out waiting for {what}"
 
 
+async def wait_until_measured(pilot, screen, count: int) -> None:
+    await wait_for(pilot, lambda: sum(m.evaluated for m in screen.results.members) == count, "the results read")
+    await pilot.pause()
+
+
 async def open_view(app, pilot):
     await pilot.press("S")
     await wait_for(pilot, lambda: isinstance(app.screen, StudyScreen) and app.screen.results is not None,
@@ -95,8 +100,9 @@ async def test_a_rank_study_shows_its_table_and_the_views_against_rank(make_app)
         screen = await open_view(app, pilot)
         results = rank_study()
         assert table_rows(screen) == table_cells(results_table(results))
-        status = text(screen.query_one("#study-status"))
+        status = " ".join(text(screen.query_one("#study-status")).split())
         assert "rank study ranks · queued · 4/5 members measured" in status
+        assert "ranks compared at matched task loss ≈ 2.2000" in status
 
         figure, series = plotted(screen, "study-intruders")
         assert figure.categories == ("r1", "r8", "full") and figure.x_integer and figure.y_integer
@@ -141,8 +147,12 @@ async def test_members_appear_as_the_study_measures_them(make_app):
     async with app.run_test(size=(120, 40)) as pilot:
         study = rank_dir()
         early = rank_study()
-        written(study.path, replace(early, members=early.members[:1]))
+        written(study.path, replace(early, members=[replace(early.members[0], reference_loss=None)]))
         screen = await open_view(app, pilot)
+        assert str(screen.query_one("#study-intruders").render()) == (
+            "intruders vs rank (k=10): no member measured yet")  # not empty axes
+        written(study.path, replace(early, members=early.members[:1]))
+        await wait_until_measured(pilot, screen, 1)
         assert len(table_rows(screen)) == 1
         figure, series = plotted(screen, "study-intruders")
         assert figure.categories == ("r1",) and series["ε=0.5"] == [(0, 14.0)]

@@ -31,6 +31,7 @@ from spectui.study_results import (
     forgetting_vs_rank,
     intruders_vs_rank,
     intruders_vs_stage,
+    matched,
     read_results,
     reference_vs_stage,
     results_table,
@@ -112,13 +113,12 @@ class StudyScreen(SpectuiScreen):
         if sequence:
             forgetting.update(forgetting_tables(results))
             self.query_one("#study-intruders", CategoryPlot).show(
-                intruders_vs_stage(results), f"intruders vs stage (k={results.k}, ε=0.5)", "stage", counts=True)
-            self.query_one("#study-loss", CategoryPlot).show(
-                reference_vs_stage(results), "reference loss (forgetting) vs stage", "stage")
+                intruders_vs_stage(results), "intruders vs stage (ε=0.5)", "stage", counts=True)
+            self.query_one("#study-loss", CategoryPlot).show(reference_vs_stage(results), "reference loss vs stage",
+                                                             "stage")
             return
         self.query_one("#study-intruders", CategoryPlot).show(
-            intruders_vs_rank(results), f"intruders vs rank (k={results.k}, matched task loss)", "rank",
-            counts=True)
+            intruders_vs_rank(results), f"intruders vs rank (k={results.k})", "rank", counts=True)
         self.query_one("#study-loss", CategoryPlot).show(forgetting_vs_rank(results), "loss vs rank", "rank")
         self.query_one("#study-rank", CategoryPlot).show(
             [effective_rank_vs_rank(results)], "effective rank of ΔW vs rank", "rank")
@@ -205,6 +205,9 @@ def status_text(study: Study, status: RunStatus, last: list[str], results: Study
     if results is not None:
         measured = sum(member.evaluated for member in results.members)
         text.append(f" · {measured}/{len(results.members)} members measured")
+        ranks = [member.rank_label for member in results.members]
+        if len(set(ranks)) < len(ranks) and (target := matched(results).target) is not None:  # a grid
+            text.append(f" · ranks compared at matched task loss ≈ {target:.4f}")
     text.append(f" · {study.path}", style="dim")
     if problem:
         text.append(f"\n{problem}", style="red")

@@ -3,6 +3,8 @@ one marker per series (the ε of intruders vs rank, or the lines of a sequence).
 
 from __future__ import annotations
 
+from rich.text import Text
+
 from spectui.study_results import Series as Curve
 from spectui.tui.widgets.plots import Figure, Plot
 
@@ -12,6 +14,13 @@ class CategoryPlot(Plot):
     the axis."""
 
     EMPTY = "no member measured yet"
+
+    def render(self):
+        """Its title and a note until a first point is measured (empty axes say nothing)."""
+        figure = self.current
+        if figure is not None and not any(len(series.xs) for series in figure.series):
+            return Text(f"{figure.title}: {self.EMPTY}", style="dim")
+        return super().render()
 
     def figure(self, curves: list[Curve], title: str, xlabel: str, counts: bool = False) -> Figure:
         """`counts`: whole numbers from 0 (intruders)."""
