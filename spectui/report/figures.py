@@ -140,8 +140,9 @@ def study_curves(series: Sequence[Series], title: str, xlabel: str, ylabel: str,
                     marker=MARKERS[i % len(MARKERS)], ms=4, color=model_colour(i), label=curve.label)
         ax.set_xticks(range(len(points)), points)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-        if counts:
-            ax.set_ylim(bottom=0)
+        if counts:  # whole numbers from 0, and room for 1 when every count is 0
+            top = max((y for curve in series for y in curve.y if y is not None), default=0)
+            ax.set_ylim(0, max(1.0, top * 1.05))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         if len(series) > 1:
             ax.legend()
