@@ -124,7 +124,8 @@ async def test_a_sequence_shows_each_lines_forgetting_matrix_and_the_views_again
         sequence_dir()
         screen = await open_view(app, pilot)
         results = sequence()
-        assert "sequence seq" in text(screen.query_one("#study-status"))
+        status = text(screen.query_one("#study-status"))
+        assert "sequence seq" in status and "matched" not in status
         tables = text(screen.query_one("#study-forgetting"))
         for line in ("r2", "full"):
             assert f"{line}: task loss after each stage" in tables

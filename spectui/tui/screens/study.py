@@ -206,7 +206,8 @@ def status_text(study: Study, status: RunStatus, last: list[str], results: Study
         measured = sum(member.evaluated for member in results.members)
         text.append(f" · {measured}/{len(results.members)} members measured")
         ranks = [member.rank_label for member in results.members]
-        if len(set(ranks)) < len(ranks) and (target := matched(results).target) is not None:  # a grid
+        grid = results.kind == "study" and len(set(ranks)) < len(ranks)  # ranks matched on task loss
+        if grid and (target := matched(results).target) is not None:
             text.append(f" · ranks compared at matched task loss ≈ {target:.4f}")
     text.append(f" · {study.path}", style="dim")
     if problem:
