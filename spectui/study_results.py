@@ -250,6 +250,13 @@ def matched(results: StudyResults) -> Matched:
     return Matched(target, chosen)
 
 
+def rank_grid(results: StudyResults) -> bool:
+    """Whether a rank study trained some rank at several learning rates: then ranks are compared at
+    matched task loss (`matched`), else each rank's one member stands for it."""
+    ranks = [member.rank_label for member in results.members]
+    return results.kind == "study" and len(set(ranks)) < len(ranks)
+
+
 def intruders_vs_rank(results: StudyResults, epsilons: tuple[float, ...] = TABLE_EPSILONS) -> list[Series]:
     """Intruders (total at k) against rank, one curve per ε (the matched member of each rank)."""
     members = matched(results).members

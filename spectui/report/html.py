@@ -30,6 +30,7 @@ from spectui.study_results import (
     intruders_vs_rank,
     intruders_vs_stage,
     matched,
+    rank_grid,
     reference_vs_stage,
     results_table,
     table_cells,
@@ -254,9 +255,8 @@ def _rank_views(results: StudyResults) -> list[str]:
     chosen = matched(results)
     if not chosen.members:
         return ["<p class=note>No member has been measured yet.</p>"]
-    ranks = [m.rank_label for m in results.members]
     which = (f"the member whose task loss is nearest {chosen.target:.4f}, the best task loss every rank reached"
-             if len(set(ranks)) < len(ranks) else "its member")
+             if rank_grid(results) else "its member")
     names = ", ".join(f"<code>{escape(m.name)}</code>" for m in chosen.members)
     k = results.k
     return [

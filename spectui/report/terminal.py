@@ -14,6 +14,7 @@ from spectui.study_results import (
     forgetting_matrix,
     intruders_vs_stage,
     matched,
+    rank_grid,
     reference_vs_stage,
     results_table,
     table_cells,
@@ -62,8 +63,7 @@ def study_tables(results: StudyResults) -> list:
                                   for task, loss in zip(results.tasks, base.task_loss)))
     if results.kind == "study":
         chosen = matched(results)
-        ranks = [m.rank_label for m in results.members]
-        if chosen.target is not None and len(set(ranks)) < len(ranks):  # a grid: match the task
+        if chosen.target is not None and rank_grid(results):
             tables.append(f"at matched task loss (≈ {chosen.target:.4f}, the best every rank "
                           "reached): " + "; ".join(
                               f"{m.rank_label} lr {m.lr:g}: task {m.own_task_loss:.4f}, reference "

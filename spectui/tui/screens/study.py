@@ -32,6 +32,7 @@ from spectui.study_results import (
     intruders_vs_rank,
     intruders_vs_stage,
     matched,
+    rank_grid,
     read_results,
     reference_vs_stage,
     results_table,
@@ -205,9 +206,7 @@ def status_text(study: Study, status: RunStatus, last: list[str], results: Study
     if results is not None:
         measured = sum(member.evaluated for member in results.members)
         text.append(f" · {measured}/{len(results.members)} members measured")
-        ranks = [member.rank_label for member in results.members]
-        grid = results.kind == "study" and len(set(ranks)) < len(ranks)  # ranks matched on task loss
-        if grid and (target := matched(results).target) is not None:
+        if rank_grid(results) and (target := matched(results).target) is not None:
             text.append(f" · ranks compared at matched task loss ≈ {target:.4f}")
     text.append(f" · {study.path}", style="dim")
     if problem:
