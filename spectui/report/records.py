@@ -11,16 +11,18 @@ import numpy as np
 from spectui.checkpoint.names import short_name
 
 if TYPE_CHECKING:
+    from spectui.checkpoint.names import MatrixSpec
     from spectui.results import ScanResults
     from spectui.spectral import MatrixResult
 
 
-def matrix_record(name: str, result: MatrixResult, k: int, epsilon: float, layer, module) -> dict:
+def matrix_record(spec: MatrixSpec, result: MatrixResult, k: int, epsilon: float) -> dict:
     return {
-        "name": name,
+        "name": spec.name,
         "shape": list(result.shape),
-        "layer": layer,
-        "module": module,
+        "layer": spec.layer,
+        "module": spec.module,
+        "expert": spec.expert,  # a mixture-of-experts matrix's expert (its module: e.g. mlp.experts.gate_proj)
         "intruders": result.intruders(k, epsilon),
         "intruder_ranks": result.intruder_ranks(k, epsilon),
         "max_cos": _floats(result.max_cos[:k]),
@@ -82,8 +84,7 @@ def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
     """One tuned model's scan: the schema of `spectui scan --json` for a single model."""
     comparison = scan.comparison
     model = comparison.tuned[index]
-    matrices = [matrix_record(spec.name, result, k, epsilon, spec.layer, spec.module)
-                for spec, result in scan.matrices(index)]
+    matrices = [matrix_record(spec, result, k, epsilon) for spec, result in scan.matrices(index)]
     unchanged = scan.unchanged(index)
     medians = scan.followup_medians(index, k, epsilon)
     record = {

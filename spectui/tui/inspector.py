@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spectui.checkpoint.comparison import Comparison
+from spectui.checkpoint.experts import expert_of
 from spectui.checkpoint.names import MatrixSpec, layer_and_module, short_name
 from spectui.finetune.runs import Run, RunError, State
 from spectui.results import ScanResults
@@ -35,25 +36,37 @@ class Entry:
     name: str
     short: str
     layer: int | None
-    module: str
+    module: str  # an expert's without its index: every expert of a layer shares it
     spec: MatrixSpec | None
     skip_reason: str | None
+    expert: int | None  # a mixture-of-experts matrix's expert
 
     @classmethod
     def of(cls, name: str, spec: MatrixSpec | None = None, skip_reason: str | None = None) -> Entry:
         layer, module = layer_and_module(name)
-        return cls(name, short_name(name), layer, module, spec, skip_reason)
+        return cls(name, short_name(name), layer, module, spec, skip_reason, expert_of(name)[0])
 
 
 _READING_ORDER = (
     "q_proj", "k_proj", "v_proj", "o_proj", "query", "key", "value", "attention.output.dense",
-    "qkv_proj", "c_attn", "attn.c_proj", "out_proj", "gate_proj", "up_proj", "down_proj",
-    "w1", "w3", "w2", "fc1", "fc2", "intermediate.dense", "output.dense", "c_fc", "mlp.c_proj",
+    "qkv_proj", "c_attn", "attn.c_proj", "out_proj", "router", "block_sparse_moe.gate", "mlp.gate",
+    "gate_proj", "up_proj", "down_proj", "w1", "w3", "w2", "fc1", "fc2", "intermediate.dense", "output.dense",
+    "c_fc", "mlp.c_proj",
 )
 
 
 def _reading_order(module: str) -> int:
     return next((i for i, tail in enumerate(_READING_ORDER) if module.endswith(tail)), len(_READING_ORDER))
+
+
+def _model_order(entry: Entry) -> tuple:
+    """Layer by layer (numerically: 2 before 10, where a checkpoint's sorted names put 10 first),
+    inside one its module types in reading order, then its experts one by one; matrices outside
+    layers after them, as stored."""
+    if entry.layer is None:
+        return (1,)
+    expert = -1 if entry.expert is None else entry.expert
+    return 0, entry.layer, expert, _reading_order(entry.module)
 
 
 @dataclass(frozen=True)
@@ -87,17 +100,18 @@ class Inspector:
         return [m.label for m in self.comparison.tuned]
 
     def entries(self, model: int) -> list[Entry]:
-        """Scanned matrices first in checkpoint order, then 2-D tensors skipped for a reason."""
+        """Scanned matrices first, then 2-D tensors skipped for a reason, each in model order."""
         tuned = self.comparison.tuned[model]
-        rows = [Entry.of(s.name, spec=s) for s in tuned.pairing.matrices]
-        rows += [Entry.of(s.name, skip_reason=s.reason) for s in tuned.pairing.skipped
-                 if not s.reason.endswith("-D tensor") and s.reason != "not in tuned"]
+        rows = sorted((Entry.of(s.name, spec=s) for s in tuned.pairing.matrices), key=_model_order)
+        rows += sorted((Entry.of(s.name, skip_reason=s.reason) for s in tuned.pairing.skipped
+                        if not s.reason.endswith("-D tensor") and s.reason != "not in tuned"), key=_model_order)
         return rows
 
-    def module_order(self) -> list[str]:
-        """Module types as a reader expects them (q, k, v, o, gate, up, down); others as stored."""
-        modules = (layer_and_module(n) for n in self.comparison.base.names())
-        found = list(dict.fromkeys(module for layer, module in modules if layer is not None))
+    def module_order(self, model: int) -> list[str]:
+        """The model's module types inside layers as a reader expects them (q, k, v, o, gate, up,
+        down); others as stored. Read from its matrices, not the base's tensor names, where 3-D
+        experts are one tensor (`mlp.experts.gate_up_proj`) for several matrices."""
+        found = dict.fromkeys(e.module for e in self.entries(model) if e.layer is not None)
         return sorted(found, key=_reading_order)
 
     def one_d_skipped(self, model: int) -> int:

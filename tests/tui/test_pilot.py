@@ -42,7 +42,7 @@ async def test_open_a_matrix_shows_spectrum_table_and_heatmap(make_app):
         assert table.row_count >= 10
         assert app.screen.query_one(Heatmap).similarity is not None
         info = str(app.screen.query_one("#matrix-info").render())
-        assert f"{result.intruders(10, 0.5)} intruders" in info
+        assert f"{result.intruders(10, 0.5)} intruder" in info
         await pilot.press("escape")
         assert isinstance(app.screen, OverviewScreen)
 

@@ -119,7 +119,7 @@ async def test_the_grid_abbreviates_modules_so_all_fit_at_80_and_names_the_cell_
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for_scan(pilot)
         grid = app.screen.query_one("#grid")
-        assert [str(column.label) for column in grid.columns.values()] == ["layer", *"qkvogud"]
+        assert [str(column.label).strip() for column in grid.columns.values()] == ["layer", *"qkvogud", "Σ"]
         assert grid.virtual_size.width <= grid.scrollable_content_region.width
         await pilot.press("tab")
         assert app.focused is grid

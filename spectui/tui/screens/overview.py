@@ -9,7 +9,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Header, Input, Static
 
-from spectui.checkpoint.names import short_name
 from spectui.defaults import EPSILON_SWEEP
 from spectui.tui.inspector import next_with_intruders
 from spectui.tui.keys import footer
@@ -19,7 +18,6 @@ from spectui.tui.widgets.matrix_list import MatrixList
 from spectui.tui.widgets.overview_grid import OverviewGrid
 from spectui.tui.widgets.plots import CurvePlot
 from spectui.tui.widgets.scan_status import ScanStatus
-from spectui.tui.widgets.styles import count_text
 
 
 class OverviewScreen(ResultsScreen):
@@ -31,7 +29,9 @@ class OverviewScreen(ResultsScreen):
         Binding("n", "jump(1)", "Next intr.", tooltip="next matrix with intruders"),
         Binding("p", "jump(-1)", "Prev intr.", show=False, tooltip="previous matrix with intruders"),
         Binding("o", "sort", "Sort", show=False,
-                tooltip="sort the list: checkpoint order, most intruders, largest ΔW/W0, name"),
+                tooltip="sort the list: model order, most intruders, largest ΔW/W0, name"),
+        Binding("e", "experts", "Experts", show=False,
+                tooltip="a mixture-of-experts layer in the grid: a row per expert, or folded back"),
         Binding("escape", "leave_filter", "Leave filter", show=False, tooltip="from the filter box back to the list"),
         *footer("mitigate", "compare", "export", "train", "runs", "help"),
     ]
@@ -53,44 +53,57 @@ class OverviewScreen(ResultsScreen):
                 yield CurvePlot(id="eps-curve")
         yield Footer(compact=True)
 
+    @property
+    def tearing_down(self) -> bool:
+        """The app is closing (quit, or a --serve tab closed right after it opened): the widgets are
+        going or were never composed, so none is queried."""
+        return not (self.is_attached and self.app.is_running)
+
     def on_mount(self) -> None:
+        if self.tearing_down:
+            return
         self.update_view()
         self.set_focus(self.query_one("#matrices"))
 
     def update_view(self) -> None:
+        if self.tearing_down:
+            return
         app, ins = self.app, self.inspector
         model, k, eps = app.model, app.k, app.epsilon
         self.query_one(MatrixList).show(model, k, eps)
         self.query_one(OverviewGrid).show(model, k, eps)
-        scan = ins.scan_results
-        s = scan.summary(model, k, eps)
-        where = ins.where(model, k, eps) if ins.finished else "where the intruders are: once the scan is done"
-        self.query_one("#totals", Static).update(
-            f"[b]{s.label}[/] ({s.description}): "
-            f"[b]{s.total}[/] intruders in {s.with_intruders}/{s.matrices} matrices · k={k} ε={eps:.2f}\n"
-            f"[dim]{where}[/]"
-        )
+        self.query_one("#totals", Static).update(self._totals(model, k, eps))
         self._grid_note()
         curves = ins.epsilon_curves(k)
         if (curves, k, eps) != self._curves:  # plotext redraws are the costliest part of a refresh
             self._curves = (curves, k, eps)
             self.query_one(CurvePlot).show(list(EPSILON_SWEEP), curves, f"intruders vs ε (k={k})", "ε", mark=eps)
 
+    def _totals(self, model: int, k: int, eps: float) -> Text:
+        """The model's totals and where its intruders are; in words when the fine-tune changed
+        nothing (every matrix equal to the base's), and how many matrices it left as they were."""
+        ins = self.inspector
+        scan = ins.scan_results
+        s = scan.summary(model, k, eps)
+        text = Text.assemble((s.label, "bold"), ": ")  # its description is in the title bar
+        if scan.identical_to_base(model):
+            text.append("identical to the base", style="bold reverse")
+            return text.append(f": the fine-tune changed nothing (all {s.matrices} matrices equal the base's)")
+        text.append(str(s.total), style="bold")
+        text.append(f" intruders in {s.with_intruders}/{s.matrices} matrices")
+        if unchanged := len(scan.unchanged(model)):
+            text.append(f" · {unchanged} unchanged")
+        text.append(f" · k={k} ε={eps:.2f}\n")
+        where = ins.where(model, k, eps) if ins.finished else "where the intruders are: once the scan is done"
+        return text.append(where, style="dim")
+
     def _grid_note(self) -> None:
-        """The matrix highlighted (in the list or the grid, which follow each other) named in
+        """The cell highlighted (in the grid, or the list's matrix, which the grid follows) named in
         full under the grid, whose columns are abbreviated."""
-        name = self.query_one(OverviewGrid).highlighted
-        note = self.query_one("#grid-note", Static)
-        if name is None:
-            note.update("")
-            return
-        app = self.app
-        view = self.inspector.row(app.model, name, app.k, app.epsilon)
-        count = count_text(view)
-        if view.status == "done":
-            note.update(Text.assemble((short_name(name), "bold"), ": ", count, " intruders"))
-        else:
-            note.update(Text.assemble((short_name(name), "bold"), f": {view.status}"))
+        self.query_one("#grid-note", Static).update(self.query_one(OverviewGrid).note())
+
+    def on_data_table_cell_highlighted(self, _: OverviewGrid.CellHighlighted) -> None:
+        self._grid_note()
 
     def on_matrix_highlighted(self, message: MatrixHighlighted) -> None:
         """The list and the grid show the same matrix: the one not in focus follows. (The message
@@ -115,6 +128,16 @@ class OverviewScreen(ResultsScreen):
         listing = self.query_one(MatrixList)
         if isinstance(self.focused, Input):
             self.set_focus(listing.table)
+
+    def action_experts(self) -> None:
+        """Expand or fold the experts of the grid's layer (the list's matrix's, when the list has
+        the keys); from the list, the grid's cursor then goes to that expert's own cell."""
+        grid, listing = self.query_one(OverviewGrid), self.query_one(MatrixList)
+        if not grid.toggle_experts():
+            self.notify("no experts in this layer", severity="warning", timeout=2)
+        elif self.focused is not grid and listing.highlighted is not None:
+            grid.select(listing.highlighted)
+        self._grid_note()
 
     def action_sort(self) -> None:
         order = self.query_one(MatrixList).cycle_sort()

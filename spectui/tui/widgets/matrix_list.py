@@ -15,9 +15,14 @@ from spectui.tui.widgets.formats import ratio
 from spectui.tui.widgets.styles import count_text
 
 # The orders `o` cycles through: (key, words for the note, column marked)
-SORTS = (("checkpoint", "checkpoint order", None), ("intruders", "most intruders first", "count"),
+SORTS = (("model", "model order", None), ("intruders", "most intruders first", "count"),
          ("delta", "largest ΔW/W0 first", "delta"), ("name", "by name", "matrix"))
 HEADERS = {"matrix": "matrix", "count": "intr", "delta": "ΔW/W0"}
+
+
+def _label(entry: Entry) -> str:
+    """The matrix column's text: dim for a matrix left out (the reason is in the note)."""
+    return f"[dim]{entry.short}[/]" if entry.skip_reason else entry.short
 
 
 class MatrixTable(DataTable):
@@ -55,26 +60,26 @@ class MatrixList(Vertical):
         return SORTS[self.sort][1]
 
     def show(self, model: int, k: int, epsilon: float) -> None:
-        """Re-read every row at (model, k, ε); only cells that changed are redrawn (all of them,
-        in their new order, when a sort by count or ΔW/W0 moves rows)."""
+        """Re-read every row at (model, k, ε); only cells that changed are redrawn, and a sort by
+        count or ΔW/W0 moves rows without re-creating them (600+ rows stay quick)."""
         if model != self.model or not self._entries:
             self.model = model
             self._rebuild()
         self.k, self.epsilon = k, epsilon
         for name in self._entries:
             self._update_row(name)
-        if SORTS[self.sort][0] in ("intruders", "delta") and self._order() != list(self._entries):
-            self._rebuild()
+        if SORTS[self.sort][0] in ("intruders", "delta"):
+            self._reorder()
         self._update_note()
 
     def cycle_sort(self) -> str:
-        """The next order (checkpoint, intruders, ΔW/W0, name); the cursor stays on its matrix."""
+        """The next order (model, intruders, ΔW/W0, name); the cursor stays on its matrix."""
         self.sort = (self.sort + 1) % len(SORTS)
         marked = SORTS[self.sort][2]
         for key, header in HEADERS.items():
             self.table.columns[key].label = f"{header}▼" if key == marked and key != "matrix" else (
                 f"{header}▲" if key == marked else header)
-        self._rebuild()
+        self._reorder()
         self._update_note()
         self.table.refresh()
         return self.sort_name
@@ -85,7 +90,7 @@ class MatrixList(Vertical):
         how = SORTS[self.sort][0]
         if how == "name":
             return sorted(names, key=lambda n: self._entries[n].short)
-        if how == "checkpoint":
+        if how == "model":
             return [e.name for e in self.inspector.entries(self.model) if e.name in self._entries]
 
         def key(name: str):
@@ -105,11 +110,23 @@ class MatrixList(Vertical):
         self._entries = {e.name: e for e in self.inspector.entries(self.model) if needle in e.short.lower()}
         self._entries = {name: self._entries[name] for name in self._order()}
         for entry in self._entries.values():
-            style = "dim" if entry.skip_reason else ""
-            table.add_row(f"[{style}]{entry.short}[/]" if style else entry.short, "", "", key=entry.name)
+            table.add_row(_label(entry), "", "", key=entry.name)
         for name in self._entries:
             self._update_row(name)
         if selected in self._entries:
+            self.select(selected)
+
+    def _reorder(self) -> None:
+        """The listed rows put in the current order where they are (none re-created); the cursor
+        stays on its matrix."""
+        order = self._order()
+        if order == list(self._entries):
+            return
+        selected = self.highlighted
+        self._entries = {name: self._entries[name] for name in order}
+        rank = {_label(entry): i for i, entry in enumerate(self._entries.values())}
+        self.table.sort("matrix", key=rank.__getitem__)
+        if selected is not None:
             self.select(selected)
 
     def _update_row(self, name: str) -> None:
@@ -149,9 +166,10 @@ class MatrixList(Vertical):
                 note = "[yellow]~ base looks random (Marchenko–Pastur): intruders here mean little[/]"
         tuned = self.inspector.comparison.tuned[self.model]
         scanned, skipped = len(tuned.pairing.matrices), len(tuned.pairing.skipped)
-        unlisted = skipped - sum(1 for e in self.inspector.entries(self.model) if e.skip_reason)
+        entries = self.inspector.entries(self.model)
+        unlisted = skipped - sum(1 for e in entries if e.skip_reason)
         listed = len(self._entries)
-        total_listed = len(self.inspector.entries(self.model))
+        total_listed = len(entries)
         head = f"{listed} of {total_listed} match · " if listed != total_listed else ""
         sort = "" if self.sort == 0 else f" · {self.sort_name} (o)"
         hidden = f" ({unlisted} not listed: 1-D and the like)" if unlisted else ""
