@@ -8,6 +8,8 @@ from pathlib import Path
 from textual import work
 from textual.app import App
 from textual.await_complete import AwaitComplete
+from textual.css.query import NoMatches
+from textual.messages import ExitApp
 from textual.reactive import reactive
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -105,6 +107,10 @@ class SpectuiApp(App):
         traceback instead of the traceback itself. (Textual has no public hook for this; tests still
         see the exception, which run_test re-raises.)"""
         error = self._exception
+        if self._quitting and isinstance(error, NoMatches):  # a widget still mounting as the app closes
+            self._exception = None
+            self.exit()
+            return
         log = log_internal_error(error) if error is not None else "nowhere"
         self.exit(return_code=1, message=f"spectui: internal error: {type(error).__name__}: {one_line(error)} "
                                          f"(details in {log})")
@@ -188,6 +194,10 @@ class SpectuiApp(App):
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(help_groups(self.screen)))
+
+    def on_exit_app(self, _: ExitApp) -> None:
+        """Closed by its driver (a --serve tab closed) rather than by exit()."""
+        self._quitting = True
 
     def exit(self, *args, **kwargs) -> None:
         """The thread following runs is stopped, and none starts once the app is closing: while a

@@ -4,15 +4,12 @@ pinned, has per-layer and per-module totals that follow k and ε, and the 560-ro
 in place instead of re-creating its rows. And the overview survives an app that closes while it
 mounts (a --serve tab closed at once)."""
 
-import contextlib
-import traceback
 from pathlib import Path
 
 import pytest
 from app_driver import wait_for_scan
 from models import lora_model, save_adapter, tiny_llama
 from textual import messages
-from textual.css.query import NoMatches
 from textual.geometry import Region
 
 from spectui.tui import app as app_module
@@ -142,9 +139,6 @@ async def test_an_app_closed_while_the_overview_mounts_fails_nowhere_in_spectui(
     from spectui.tui.inspector import Inspector
 
     app = ClosedAtOnce(Inspector(open_comparison(str(tiny / "base"), [str(tiny / "lora")]), None, device="cpu"))
-    with contextlib.suppress(NoMatches):  # Textual's own Header has the same race (it queries its title)
-        async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause()
-    error = app._exception  # Textual keeps the first: the overview's, before it guarded its mount
-    frames = traceback.extract_tb(error.__traceback__) if error is not None else []
-    assert not [f for f in frames if "/spectui/" in f.filename], error
+    async with app.run_test(size=(100, 30)) as pilot:  # Textual's own Header has the same race
+        await pilot.pause()
+    assert app._exception is None and app.return_code == 0 and not app._exit_renderables
