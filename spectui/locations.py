@@ -55,3 +55,12 @@ def sample_comparison() -> tuple[str, list[str]]:
     """The bundled base and its tuned models: what `spectui` opens with no paths."""
     root = samples_dir()
     return str(root / "base"), [str(root / name) for name in SAMPLE_TUNED]
+
+
+def shown(path: Path) -> str:
+    """A path as a field shows it: from the working directory when it lies below it (shorter, and
+    the same wherever the checkout is), else whole."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

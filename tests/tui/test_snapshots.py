@@ -8,7 +8,26 @@ and look at the report before committing.
 import pytest
 from app_driver import wait_for_scan
 
+from spectui.cache import Cache
+from spectui.checkpoint.comparison import open_comparison
+from spectui.engine import Scan
+from spectui.locations import sample_comparison
+
 SIZES = [(80, 24), (120, 40)]
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """Every snapshot reads the same fully cached scan: the status line says how much came from the
+    cache, so a cache warmed or not by the tests before would change the picture."""
+    root = tmp_path_factory.mktemp("snapshot-cache")
+    Scan(open_comparison(*sample_comparison()), Cache(root), device="cpu").run()
+    return root
+
+
+@pytest.fixture
+def make_app(make_app, warm):
+    return lambda: make_app(cache=warm)
 
 
 @pytest.mark.slow

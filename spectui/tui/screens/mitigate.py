@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, ProgressBar
 from spectui.checkpoint.names import short_name
 from spectui.defaults import DEFAULT_LAMBDAS, LAMBDA_RANGE, SCOPES
 from spectui.errors import UsageError
-from spectui.locations import samples_dir
+from spectui.locations import samples_dir, shown
 from spectui.tui.keys import footer
 from spectui.tui.screens.base import ResultsScreen
 from spectui.tui.widgets.field import Field
@@ -111,9 +111,9 @@ class MitigateScreen(ResultsScreen):
             yield Static("", id="refit")
         with Horizontal(id="probe-row", classes="mitigate-row"):
             yield Label("probe: text ", classes="row-label")
-            yield Field(str(data / "reference.txt"), id="text", compact=True)
+            yield Field(shown(data / "reference.txt"), id="text", compact=True)
             yield Label(" task ", classes="row-label")
-            yield Field(str(data / "task_eval.jsonl"), id="task", compact=True)
+            yield Field(shown(data / "task_eval.jsonl"), id="task", compact=True)
         yield Static("", id="mitigate-summary")
         with Horizontal(id="mitigate-body"):
             yield SpectrumPlot(id="mitigate-preview")
