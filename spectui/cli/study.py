@@ -166,15 +166,22 @@ def check_report(spec: StudySpec, path: Path, detach: bool) -> None:
                          "file")
 
 
-def write_report(study: Study, path: Path, out: IO[str]) -> None:
-    """The study's results as one HTML page (written aside, then renamed into place)."""
-    from spectui.report.html import study_html
+def read_or_say(study: Study, prefix: str):
+    """The study's results, or None after one line on stderr saying why they cannot be read."""
     from spectui.study_results import StudyResultsError, read_results
 
     try:
-        results = read_results(study.results_path)
+        return read_results(study.results_path)
     except StudyResultsError as error:
-        print(f"spectui: no report: {error}", file=sys.stderr)
+        print(f"spectui: {prefix}: {error}", file=sys.stderr)
+        return None
+
+
+def write_report(study: Study, path: Path, out: IO[str]) -> None:
+    """The study's results as one HTML page (written aside, then renamed into place)."""
+    from spectui.report.html import study_html
+
+    if (results := read_or_say(study, "no report")) is None:
         return
     status = study.status()
     page = study_html(results, status.state.value, status.message)
@@ -211,14 +218,9 @@ def follow(study: Study, process, out: IO[str]) -> int:
 
 
 def print_results(study: Study, as_json: bool) -> None:
-    from spectui.study_results import StudyResultsError, read_results, report_section
+    from spectui.study_results import report_section
 
-    if not study.results_path.exists():
-        return
-    try:
-        results = read_results(study.results_path)
-    except StudyResultsError as error:
-        print(f"spectui: warning: {error}", file=sys.stderr)
+    if not study.results_path.exists() or (results := read_or_say(study, "warning")) is None:
         return
     status = study.status()
     if as_json:

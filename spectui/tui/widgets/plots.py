@@ -12,7 +12,7 @@ above the canvas, so it never covers data and never needs room made for it on th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from rich.text import Text
@@ -83,6 +83,7 @@ class Plot(PlotextPlot):
     smaller than its axes: a note is shown instead."""
 
     EMPTY = ""  # what the plot says before it has data
+    figure: Callable[..., Figure]  # each kind of plot draws its own
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -91,9 +92,6 @@ class Plot(PlotextPlot):
     def show(self, *args, **kwargs) -> None:
         self._data = (args, kwargs)
         self.refresh()
-
-    def figure(self, *args, **kwargs) -> Figure:
-        raise NotImplementedError
 
     @property
     def current(self) -> Figure | None:
