@@ -19,7 +19,10 @@ Columns (each a whole process, peak RSS its own, fastest of --repeat runs):
   base cached  spectui scan of this tuned model when the base's decompositions are cached
                (a second adapter on the same base)
   all cached   spectui scan again
-Flags (intruder ranks at k=10, ε=0.5) must be identical to the paper's in every column.
+  counts cold  spectui scan --counts-only, empty cache (certified flags; the base's spectrum only)
+  counts base cached   the same with the base's spectra cached (a second adapter)
+Flags (intruder ranks at k=10, ε=0.5) must be identical to the paper's in every column; the counts
+columns also say how many matrices the certificates left to the exact path.
 Results go to bench/results/realshape-<time>.json.
 """
 
@@ -155,16 +158,18 @@ def paper_fp32(base: str, tuned: str, device: str) -> dict[str, list[int]]:
     return flags
 
 
-def spectui_scan(base: str, tuned: str, cache: str, device: str) -> dict[str, list[int]]:
+def spectui_scan(base: str, tuned: str, cache: str, device: str, counts: bool = False):
+    """The flags, and how many matrices the certificates left to the exact path (counts only)."""
     from spectui.cache import Cache
     from spectui.checkpoint.comparison import open_comparison
     from spectui.engine import Scan
 
     comparison = open_comparison(base, [tuned])
-    scan = Scan(comparison, Cache(Path(cache), max_bytes=1 << 40), device=device).run()
+    scan = Scan(comparison, Cache(Path(cache), max_bytes=1 << 40), device=device,
+                counts=(K, EPS) if counts else None).run()
     if scan.errors:
         raise SystemExit(f"scan failed: {next(iter(scan.errors.values())).message}")
-    return {name: r.intruder_ranks(K, EPS) for (_, name), r in scan.results.items()}
+    return {name: r.intruder_ranks(K, EPS) for (_, name), r in scan.results.items()}, scan.fallbacks
 
 
 def child(mode: str, base: str, tuned: str, cache: str, device: str) -> None:
@@ -174,10 +179,15 @@ def child(mode: str, base: str, tuned: str, cache: str, device: str) -> None:
     import spectui.engine  # noqa: F401
 
     start = time.perf_counter()
-    flags = paper_fp32(base, tuned, device) if mode == "paper" else spectui_scan(base, tuned, cache, device)
+    fallbacks = None
+    if mode == "paper":
+        flags = paper_fp32(base, tuned, device)
+    else:
+        flags, fallbacks = spectui_scan(base, tuned, cache, device, counts=mode == "counts")
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb(), "flags": flags}))
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_mb": peak_rss_mb(), "flags": flags,
+                      "fallbacks": fallbacks}))
 
 
 DEVICE = "cpu"  # set from --device
@@ -199,22 +209,30 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
     base, lora, dense = paths
     tuned = lora if tuned_kind == "lora" else dense
     cache = workdir / f"cache-{case}-{tuned_kind}"
-    runs: dict[str, list[dict]] = {"paper": [], "cold": [], "base_cached": [], "all_cached": []}
+    counts_cache = workdir / f"cache-{case}-{tuned_kind}-counts"
+    runs: dict[str, list[dict]] = {"paper": [], "cold": [], "base_cached": [], "all_cached": [],
+                                   "counts_cold": [], "counts_base_cached": []}
     for _ in range(repeat):
         shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(counts_cache, ignore_errors=True)
         runs["paper"].append(measure("paper", base, tuned, cache))
         runs["cold"].append(measure("spectui", base, tuned, cache))
         written = cache_bytes(cache, "base")
         shutil.rmtree(cache / "pair")  # the base's entries stay: a new tuned model
         runs["base_cached"].append(measure("spectui", base, tuned, cache))
         runs["all_cached"].append(measure("spectui", base, tuned, cache))
+        runs["counts_cold"].append(measure("counts", base, tuned, counts_cache))
+        counts_written = sum(cache_bytes(counts_cache, kind) for kind in ("spectrum", "base"))
+        shutil.rmtree(counts_cache / "pair", ignore_errors=True)  # a fallback's full result: not for a new model
+        runs["counts_base_cached"].append(measure("counts", base, tuned, counts_cache))
     best = {mode: min(rows, key=lambda r: r["seconds"]) for mode, rows in runs.items()}
     paper = best["paper"]
     row = {"case": case, "tuned": tuned_kind, "matrices": len(paper["flags"]), "layers_in_model": layers,
            "intruders": sum(len(v) for v in paper["flags"].values()),
            "flags_identical": all(r["flags"] == paper["flags"] for rows in runs.values() for r in rows),
            "base_cache_bytes": written, "base_checkpoint_bytes": base_bytes,
-           "cache_ratio": written / base_bytes}
+           "cache_ratio": written / base_bytes, "counts_cache_ratio": counts_written / base_bytes,
+           "counts_fallbacks": best["counts_cold"]["fallbacks"]}
     for mode, r in best.items():
         row[f"{mode}_s"] = r["seconds"]
         row[f"{mode}_peak_mb"] = r["peak_mb"]
@@ -223,7 +241,8 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
     print(f"{case:4} {tuned_kind:5} {row['matrices']:3d} matrices, {row['intruders']:3d} intruders | " + "  ".join(
         f"{mode} {row[f'{mode}_s']:7.1f}s ×{row[f'{mode}_speedup']:4.1f} ({row[f'{mode}_model_min']:6.1f} min/model, "
         f"{row[f'{mode}_peak_mb']:.0f} MB)" for mode in best) +
-        f" | cache {row['cache_ratio']:.2f}× base | flags identical: {row['flags_identical']}", flush=True)
+        f" | cache {row['cache_ratio']:.2f}× base (counts: {row['counts_cache_ratio']:.3f}×, "
+        f"{row['counts_fallbacks']} to the exact path) | flags identical: {row['flags_identical']}", flush=True)
     return row
 
 

@@ -61,7 +61,8 @@ _RESULT_ARRAYS = {"sigma_base": (1, "f"), "sigma_tuned": (1, "f"), "sigma_delta"
                   "best_base": (1, "i"), "similarity": (2, "f"), "overlap": (2, "f"), "delta_energy_base": (1, "f"),
                   "delta_energy_tuned": (1, "f")}
 _DECOMPOSITION_ARRAYS = {"sigma": (1, "f"), "u": (2, "f")}
-KINDS = ("base", "pair")
+_SPECTRUM_ARRAYS = {"sigma": (1, "f")}
+KINDS = ("base", "pair", "spectrum")
 MANIFEST_LIMIT = 64 << 20
 DEFAULT_MAX_BYTES = 20 << 30  # a laptop disk spares this; a whole 8B base's entries fit
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -242,6 +243,18 @@ class Cache:
     def put_decomposition(self, key: str, dec: Decomposition) -> None:
         arrays = {"sigma": dec.sigma.cpu().numpy(), "u": dec.u.cpu().contiguous().numpy()}
         self._write("base", key, arrays, {})
+
+    def get_spectrum(self, key: str) -> np.ndarray | None:
+        """A base matrix's singular values alone (what counts need from it): from its spectrum
+        entry, or from its decomposition where that is cached."""
+        entry = self._read("spectrum", key, _SPECTRUM_ARRAYS)
+        if entry is not None:
+            return entry[0]["sigma"]
+        dec = self.get_decomposition(key) if self.root is not None and self._file("base", key).is_file() else None
+        return None if dec is None else dec.sigma.numpy()
+
+    def put_spectrum(self, key: str, sigma: np.ndarray) -> None:
+        self._write("spectrum", key, {"sigma": np.ascontiguousarray(sigma, dtype=np.float64)}, {})
 
     def get_result(self, key: str) -> MatrixResult | None:
         entry = self._read("pair", key, _RESULT_ARRAYS)

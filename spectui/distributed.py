@@ -39,12 +39,14 @@ def share(names: Sequence[str], costs: dict[str, int], rank: int, size: int) -> 
 
 
 def scan(comparison: Comparison, cache, device: str, workers: int | None,
-         on_event: Callable | None, rank: int, size: int):
-    """Scan this rank's share; rank 0 returns every rank's results and failures, the others None."""
+         on_event: Callable | None, rank: int, size: int, counts: tuple[int, float] | None = None):
+    """Scan this rank's share (`counts`: only the flags at (k, ε), as `engine.Scan`); rank 0 returns
+    every rank's results and failures, the others None."""
     import torch
     import torch.distributed as dist
 
     from spectui.engine import Scan, matrix_cost
+    from spectui.intruders import MatrixCounts
     from spectui.spectral import MatrixResult
 
     if device in ("auto", "cuda") and torch.cuda.is_available():
@@ -55,7 +57,8 @@ def scan(comparison: Comparison, cache, device: str, workers: int | None,
         names = comparison.matrix_names()
         costs = {name: matrix_cost(comparison.spec(name).shape) for name in names}
         mine = share(names, costs, rank, size)
-        part = Scan(comparison, cache, device=device, workers=workers, on_event=on_event, names=mine).run()
+        part = Scan(comparison, cache, device=device, workers=workers, on_event=on_event, names=mine,
+                    counts=counts).run()
         payload = ({key: result.to_arrays() for key, result in part.results.items()}, part.errors)
         gathered = [None] * size if rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)
@@ -64,7 +67,8 @@ def scan(comparison: Comparison, cache, device: str, workers: int | None,
     if rank != 0:
         return None
     results, errors = {}, {}
+    kind = MatrixResult if counts is None else MatrixCounts
     for arrays, failed in gathered:
-        results.update({key: MatrixResult.from_arrays(*value) for key, value in arrays.items()})
+        results.update({key: kind.from_arrays(*value) for key, value in arrays.items()})
         errors.update(failed)
     return results, errors

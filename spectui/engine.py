@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from spectui.cache import Cache, tensor_digest
@@ -26,6 +27,7 @@ from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import load_matrix
 from spectui.defaults import SIMILARITY_SIZE, TOP_VECTORS
 from spectui.errors import UsageError, one_line
+from spectui.intruders import MatrixCounts
 from spectui.spectral import (
     Decomposition,
     MatrixResult,
@@ -40,7 +42,7 @@ from spectui.spectral import (
 class MatrixDone:
     name: str
     model: int
-    result: MatrixResult
+    result: MatrixResult | MatrixCounts
     cached: bool
 
 
@@ -205,10 +207,13 @@ class Scan:
         on_event: Callable[[ScanEvent], None] | None = None,
         models: list[int] | None = None,
         names: Collection[str] | None = None,
+        counts: tuple[int, float] | None = None,
     ):
         """`models`: indices of the tuned models to scan (all by default), e.g. one just added;
         `names`: the base matrices to scan (all those the models change by default), e.g. one
-        rank's share of a distributed scan."""
+        rank's share of a distributed scan; `counts`: (k, ε) to find only the flags there
+        (`MatrixCounts`, certified without the base's vectors where `certify` can) instead of
+        every spectrum."""
         self.comparison = comparison
         self.models = list(range(len(comparison.tuned))) if models is None else models
         self.cache = cache
@@ -216,8 +221,10 @@ class Scan:
         self.workers = workers or default_workers(self.devices)
         self.on_event = on_event or (lambda event: None)
         self.names = [n for n in comparison.matrix_names(self.models) if names is None or n in names]
-        self.results: dict[tuple[int, str], MatrixResult] = {}
-        self._used: dict[Path, set[str]] = {}  # cache keys each model's scan used (for its manifest)
+        self.results: dict[tuple[int, str], MatrixResult | MatrixCounts] = {}
+        self.counts = counts
+        self.fallbacks = 0  # counts the certificates could not decide: the full decomposition did
+        self._used: dict[Path, dict[str, set[str]]] = {}  # cache keys each model's scan used, by kind
         self.errors: dict[str, MatrixFailed] = {}
         self._cost = {name: matrix_cost(comparison.spec(name).shape) for name in self.names}
         self._done: set[str] = set()
@@ -345,8 +352,7 @@ class Scan:
         torch.set_num_threads(self._torch_threads)
         base = self.comparison.base.path
         for path, keys in self._used.items():
-            self.cache.remember(path, "base" if path == base else "tuned",
-                                {"base" if path == base else "pair": keys})
+            self.cache.remember(path, "base" if path == base else "tuned", keys)
         self._finished = True
         self._lock.notify_all()
         self.on_event(ScanFinished(cancelled=self._cancelled))
@@ -376,7 +382,9 @@ class Scan:
         computed = False
         w0 = load_matrix(comparison.base, name, comparison.spec(name))
         base_key = tensor_digest(w0)
-        self._used.setdefault(comparison.base.path, set()).add(base_key)
+        if self.counts is not None:
+            return self._count_matrix(name, device, w0, base_key)
+        self._use(comparison.base.path, "base", base_key)
         base = None
         for index in self.models:
             model = comparison.tuned[index]
@@ -393,7 +401,7 @@ class Scan:
                 continue
             factors = model.source.delta_factors(spec)
             key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
-            self._used.setdefault(model.path, set()).add(key)
+            self._use(model.path, "pair", key)
             result = self.cache.get_result(key)
             cached = result is not None
             if result is None:
@@ -408,6 +416,65 @@ class Scan:
             self.on_event(MatrixDone(name, index, result, cached))
         return computed
 
+    def _use(self, path: Path, kind: str, key: str) -> None:
+        self._used.setdefault(path, {}).setdefault(kind, set()).add(key)
+
+    def _count_matrix(self, name: str, device: torch.device, w0: torch.Tensor, base_key: str) -> bool:
+        """The counts phase of one base matrix: per tuned model, a cached full result if there is
+        one, else the certificates on W0's spectrum (cached: it is all they need of W0), else the
+        full decomposition (cached for the spectra to come)."""
+        from spectui.certify import certify
+
+        k, epsilon = self.counts
+        comparison = self.comparison
+        computed = False
+        sigma = None
+        for index in self.models:
+            model = comparison.tuned[index]
+            spec = model.spec(name)
+            if spec is None or self._cancelled:
+                continue
+            w = load_matrix(model.source, spec.tuned_name, spec)
+            top = min(k, *w.shape)
+            if torch.equal(w, w0):
+                ones = np.ones(top)
+                self._counted(name, index, MatrixCounts(tuple(w.shape), k, epsilon, ones, ones, "unchanged"), False)
+                continue
+            factors = model.source.delta_factors(spec)
+            key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
+            if (result := self.cache.get_result(key)) is not None:
+                self._use(model.path, "pair", key)
+                self.from_cache += 1
+                found = result.max_cos[:top].astype(np.float64)
+                self._counted(name, index, MatrixCounts(tuple(w.shape), k, epsilon, found, found, "cache"), True)
+                continue
+            solver = solver_device(device)
+            if sigma is None:
+                self._use(comparison.base.path, "spectrum", base_key)
+                sigma = self.cache.get_spectrum(base_key)
+                if sigma is None:
+                    sigma = singular_values(w0.to(solver)).numpy()
+                    self.cache.put_spectrum(base_key, sigma)
+            flags = certify(w0.to(solver), w.to(solver), sigma, top, epsilon)
+            if flags is not None:
+                counts = MatrixCounts(tuple(w.shape), k, epsilon, flags.lower, flags.upper, "bounds")
+            else:
+                self.fallbacks += 1
+                self._use(comparison.base.path, "base", base_key)
+                self._use(model.path, "pair", key)
+                base = self._base_decomposition(base_key, w0, solver)
+                result = compare(base, w0.to(solver), w.to(solver), factors)
+                self.cache.put_result(key, result)
+                found = result.max_cos[:top].astype(np.float64)
+                counts = MatrixCounts(tuple(w.shape), k, epsilon, found, found, "exact")
+            computed = True
+            self._counted(name, index, counts, False)
+        return computed
+
+    def _counted(self, name: str, index: int, counts: MatrixCounts, cached: bool) -> None:
+        self.results[(index, name)] = counts
+        self.on_event(MatrixDone(name, index, counts, cached))
+
     def _base_decomposition(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
         base = self.cache.get_decomposition(base_key)
         if base is None:
@@ -421,7 +488,6 @@ def unchanged_result(sigma: torch.Tensor, shape: tuple[int, int]) -> MatrixResul
     eigenvalues cost a fraction of a decomposition): W's singular vectors are W0's, so every max|cos|
     is 1 (no intruder at any ε) and ΔW's spectrum is zero, which is how `results.is_unchanged`
     knows the pair."""
-    import numpy as np
 
     top, size = min(TOP_VECTORS, *shape), min(shape)
     sigma = sigma.cpu().numpy()

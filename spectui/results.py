@@ -17,6 +17,7 @@ from spectui.defaults import EPSILON_SWEEP
 if TYPE_CHECKING:
     from spectui.checkpoint.comparison import Comparison
     from spectui.checkpoint.names import MatrixSpec
+    from spectui.intruders import MatrixCounts
     from spectui.spectral import MatrixResult
 
 
@@ -50,10 +51,9 @@ class ModelSummary:
     median_drift: float | None = None  # mean |σ_j(W) − σ_j(W0)| / σ_j(W0) over j < k
 
 
-def is_unchanged(result: MatrixResult) -> bool:
-    """ΔW is exactly zero: every singular value of W − W0 is 0 (the engine records a pair whose
-    matrices are equal so, without decomposing W; a non-zero ΔW has a positive singular value)."""
-    return not result.sigma_delta.any()
+def is_unchanged(result: MatrixResult | MatrixCounts) -> bool:
+    """ΔW is exactly zero (`MatrixResult.unchanged`, `MatrixCounts.unchanged`)."""
+    return result.unchanged
 
 
 class ScanResults:
@@ -64,6 +64,14 @@ class ScanResults:
         self.comparison = comparison
         self.results = dict(results)
         self.errors = dict(errors)
+
+    @property
+    def counts_only(self) -> bool:
+        """Whether the scan found only the flags at its (k, ε) (`spectui scan --counts-only`):
+        no spectra, curves or follow-up metrics to read."""
+        from spectui.intruders import MatrixCounts
+
+        return any(isinstance(r, MatrixCounts) for r in self.results.values())
 
     def result(self, model: int, name: str) -> MatrixResult | None:
         return self.results.get((model, name))

@@ -224,6 +224,12 @@ class MatrixResult:
         if self.delta_energy_tuned is None:
             self.delta_energy_tuned = np.zeros(top)
 
+    @property
+    def unchanged(self) -> bool:
+        """ΔW is exactly zero: every singular value of W − W0 is 0 (the engine records a pair whose
+        matrices are equal so, without decomposing W; a non-zero ΔW has a positive singular value)."""
+        return not self.sigma_delta.any()
+
     def intruder_ranks(self, k: int = DEFAULT_K, epsilon: float = DEFAULT_EPSILON) -> list[int]:
         return intruder_ranks(self.max_cos, k, epsilon)
 

@@ -181,7 +181,8 @@ def scan_from_args(args, comparison=None, progress: bool = True):
             err.print(f"spectui: note: {event.message}", highlight=False, markup=False, soft_wrap=True)
 
     if ranks:
-        gathered = distributed.scan(comparison, cache, args.device, args.workers, tell_failure, *ranks)
+        gathered = distributed.scan(comparison, cache, args.device, args.workers, tell_failure, *ranks,
+                                    counts=counts_wanted(args))
         if gathered is None:
             raise SystemExit(0)
         results = ScanResults(comparison, *gathered)
@@ -222,12 +223,18 @@ def _scan(comparison, cache, args, bar, tell_failure, events):
             bar.update(task, description=event.name)
         tell_failure(event)
 
-    scan = Scan(comparison, cache, device=args.device, workers=args.workers, on_event=on_event)
+    scan = Scan(comparison, cache, device=args.device, workers=args.workers, on_event=on_event,
+                counts=counts_wanted(args))
     bar.update(task, total=scan.total)
     scan.start()
     while not scan.wait(timeout=0.1):
         bar.update(task, completed=scan.done)
     return scan
+
+
+def counts_wanted(args) -> tuple[int, float] | None:
+    """(k, ε) when only the flags there are wanted (`spectui scan --counts-only`)."""
+    return (args.k, args.eps) if getattr(args, "counts_only", False) else None
 
 
 def failure_code(scan) -> int:

@@ -16,6 +16,9 @@ def add_parser(subparsers) -> None:
     fmt = parser.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="results as JSON on stdout")
     fmt.add_argument("--csv", action="store_true", help="results as CSV on stdout")
+    parser.add_argument("--counts-only", action="store_true",
+                        help="only the intruder flags at --k and --eps, certified without the base's singular "
+                             "vectors where possible (much faster cold; no spectra or ε curve): for CI gates")
     gate = parser.add_argument_group("CI gate (exit 1 when exceeded, results still printed)")
     gate.add_argument("--fail-over", type=count_value, metavar="N", help="a tuned model has more than N intruders")
     gate.add_argument("--fail-over-matrix", type=count_value, metavar="N",

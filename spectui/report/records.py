@@ -12,6 +12,7 @@ from spectui.checkpoint.names import short_name
 
 if TYPE_CHECKING:
     from spectui.checkpoint.names import MatrixSpec
+    from spectui.intruders import MatrixCounts
     from spectui.results import ScanResults
     from spectui.spectral import MatrixResult
 
@@ -45,6 +46,24 @@ def matrix_record(spec: MatrixSpec, result: MatrixResult, k: int, epsilon: float
         "spectral_drift": [_finite(v) for v in result.spectral_drift(k)],
         "mean_abs_drift": result.mean_abs_drift(k),
     }
+
+
+def counts_record(spec: MatrixSpec, counts: MatrixCounts, k: int, epsilon: float) -> dict:
+    """A matrix of a counts-only scan: its flags, and how they were decided."""
+    return {
+        "name": spec.name,
+        "shape": list(counts.shape),
+        "layer": spec.layer,
+        "module": spec.module,
+        "expert": spec.expert,
+        "intruders": counts.intruders(k, epsilon),
+        "intruder_ranks": counts.intruder_ranks(k, epsilon),
+        "max_cos_bounds": [[float(lo), float(hi)] for lo, hi in zip(counts.lower[:k], counts.upper[:k])],
+        "decided_by": counts.decided_by,
+    }
+
+
+DECIDED_BY = ("bounds", "exact", "cache", "unchanged")
 
 
 def _floats(values: np.ndarray) -> list[float]:
@@ -84,8 +103,23 @@ def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
     """One tuned model's scan: the schema of `spectui scan --json` for a single model."""
     comparison = scan.comparison
     model = comparison.tuned[index]
-    matrices = [matrix_record(spec, result, k, epsilon) for spec, result in scan.matrices(index)]
     unchanged = scan.unchanged(index)
+    if scan.counts_only:
+        matrices = [counts_record(spec, result, k, epsilon) for spec, result in scan.matrices(index)]
+        return {
+            "base": str(comparison.base.path), "tuned": str(model.path), "label": model.label,
+            "description": model.description, "k": k, "epsilon": epsilon,
+            "filled": ["counts"],  # no spectra, ε curve or follow-up metrics: scan without --counts-only
+            "total_intruders": sum(m["intruders"] for m in matrices),
+            "decided_by": {how: sum(m["decided_by"] == how for m in matrices) for how in DECIDED_BY},
+            "skipped": [{"name": s.name, "reason": s.reason} for s in model.pairing.skipped],
+            "errors": [{"name": e.name, "message": e.message} for e in scan.failures(index)],
+            "warnings": comparison.warnings,
+            "unchanged_matrices": {"count": len(unchanged), "names": unchanged},
+            "identical_to_base": scan.identical_to_base(index),
+            "matrices": matrices,
+        }
+    matrices = [matrix_record(spec, result, k, epsilon) for spec, result in scan.matrices(index)]
     medians = scan.followup_medians(index, k, epsilon)
     record = {
         "base": str(comparison.base.path),
@@ -94,6 +128,7 @@ def model_record(scan: ScanResults, index: int, k: int, epsilon: float) -> dict:
         "description": model.description,
         "k": k,
         "epsilon": epsilon,
+        "filled": ["counts", "spectra"],
         "total_intruders": sum(m["intruders"] for m in matrices),
         "intruders_vs_epsilon": scan.epsilon_curve(index, k),
         "skipped": [{"name": s.name, "reason": s.reason} for s in model.pairing.skipped],
@@ -119,7 +154,7 @@ def scan_json(scan: ScanResults, k: int, epsilon: float) -> dict:
     if len(records) == 1:
         return records[0]
     return {"base": str(scan.comparison.base.path), "k": k, "epsilon": epsilon, "models": records,
-            "update_similarity": similarity_record(scan)}
+            "update_similarity": None if scan.counts_only else similarity_record(scan)}
 
 
 def similarity_record(scan: ScanResults) -> dict | None:
@@ -146,9 +181,20 @@ CSV_COLUMNS = (
 )
 
 
+COUNTS_CSV_COLUMNS = ("model", "name", "layer", "module", "rows", "cols", "intruders", "intruder_ranks", "decided_by")
+
+
 def scan_csv(scan: ScanResults, k: int, epsilon: float) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    if scan.counts_only:
+        writer.writerow(COUNTS_CSV_COLUMNS)
+        for record in model_records(scan, k, epsilon):
+            for m in record["matrices"]:
+                writer.writerow([record["label"], m["name"], "" if m["layer"] is None else m["layer"], m["module"],
+                                 m["shape"][0], m["shape"][1], m["intruders"], " ".join(map(str, m["intruder_ranks"])),
+                                 m["decided_by"]])
+        return out.getvalue()
     writer.writerow(CSV_COLUMNS)
     for record in model_records(scan, k, epsilon):
         for m in record["matrices"]:

@@ -23,6 +23,8 @@ from spectui.study_results import (
 
 def scan_tables(scan: ScanResults, k: int, epsilon: float) -> list[Table]:
     """A summary per model, then one row per matrix with a column per model."""
+    if scan.counts_only:
+        return counts_tables(scan, k, epsilon)
     summary = Table(title=f"Intruder dimensions in {scan.comparison.base.path} → tuned (k={k}, ε={epsilon})")
     for column, justify in (("tuned model", "left"), ("kind", "left"), ("intruders", "right"),
                             ("matrices with", "right"), ("by ε=.1….9", "left"), ("skipped", "right")):
@@ -39,6 +41,32 @@ def scan_tables(scan: ScanResults, k: int, epsilon: float) -> list[Table]:
     for row in matrix_rows(scan.comparison, model_records(scan, k, epsilon)):
         cells = [cell(c, lambda count: f"[bold red]{count}[/]") for c in row.cells]
         detail.add_row(row.short + (" †" if row.random_like else ""), row.size, *cells)
+    return [summary, detail]
+
+
+def counts_tables(scan: ScanResults, k: int, epsilon: float) -> list[Table]:
+    """A counts-only scan: the totals per model and how they were decided, then the intruder ranks
+    of each matrix that has any."""
+    records = model_records(scan, k, epsilon)
+    summary = Table(title=f"Intruder dimensions in {scan.comparison.base.path} → tuned (k={k}, ε={epsilon}; "
+                          "counts only)")
+    for column in ("tuned model", "kind", "intruders", "matrices with", "decided by bounds / exact / cache",
+                   "skipped"):
+        summary.add_column(column, justify="left" if column in ("tuned model", "kind") else "right")
+    for r in records:
+        how = r["decided_by"]
+        summary.add_row(r["label"], r["description"], str(r["total_intruders"]),
+                        f"{sum(1 for m in r['matrices'] if m['intruders'])}/{len(r['matrices'])}",
+                        f"{how['bounds']} / {how['exact']} / {how['cache']}", str(len(r["skipped"])))
+    detail = Table(title="Matrices with intruders (ranks in the tuned spectrum)")
+    detail.add_column("tuned model")
+    detail.add_column("matrix", overflow="fold")
+    detail.add_column("intruders", justify="right")
+    detail.add_column("ranks")
+    for r in records:
+        for m in r["matrices"]:
+            if m["intruders"]:
+                detail.add_row(r["label"], m["name"], str(m["intruders"]), " ".join(map(str, m["intruder_ranks"])))
     return [summary, detail]
 
 

@@ -1,0 +1,308 @@
+"""Intruder flags at one (k, ε) without the base's singular vectors (design.md §1, "Exact shortcuts
+must stay exact").
+
+u_j is an intruder iff every squared cosine c_i² = (u0_iᵀ u_j)² is below ε². Those squared cosines
+are the weights of the spectral measure μ_j of G0 = W0 W0ᵀ seen from u_j, whose atoms sit at the
+base's eigenvalues λ_i = σ_i² — known cheaply (`spectral.singular_values`, or the cache), unlike its
+vectors. A Lanczos run on G0 from u_j gives μ_j's orthonormal polynomials p_0 … p_K, and for every
+polynomial q of degree ≤ K with q(λ) = 1, μ_j({λ}) ≤ ∫ q² dμ_j; the best such q gives the Christoffel
+function Λ_K(λ) = 1 / Σ_t p_t(λ)². So every c_i² ≤ Λ_K(λ_i) (`_christoffel`): once all of these are
+below ε², u_j is a certified intruder. The other way, a Ritz vector x of G0 close to one eigenvector
+(residual ρ, and the known spectrum puts one eigenvalue within ρ and the next δ away) is within
+sin∠ ≤ ρ/δ of it (Davis–Kahan), so |x ᵀ u_j| − ρ/δ ≤ max|c_i|: at or above ε it certifies a match. That
+residual is measured in float64 on W0 itself, so the match does not rest on the float32 products that
+drive the search.
+
+A tall W0 (m > n) has only n left singular vectors; the rest of the output space (eigenvalue 0 of
+G0) is no base vector, so the measure is taken on Wᵀ0 W0 from y_j = W0ᵀ u_j instead, whose atoms are
+λ_i c_i²: c_i² ≤ ‖y_j‖² Λ_K(λ_i) / λ_i. Dividing by λ_i magnifies rounding near the smallest
+singular values, so those products are float64; the others are float32 (their rounding, ~1e-7 of
+‖W0‖², is far below the _ROUNDING allowance added to each bound).
+
+The tuned side needs only its top k vectors: block Krylov with Rayleigh–Ritz, each vector's error
+bounded by its float64 residual over its gap to the other Ritz values, and every bound above widened
+by it. Whatever stays undecided returns None: the caller takes the exact path for that matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_BLOCK_EXTRA = 8  # Krylov block = k + this: the vectors just below the top k converge with them
+_TUNED_ERROR = 1e-4  # stop refining the tuned vectors once each is this close (‖ũ − u‖)
+_MAX_BASIS = 24  # Krylov blocks before the tuned vectors are taken as they are
+_MAX_STEPS = 48  # Lanczos steps before a vector is left to the exact path
+_FIRST_CHECK, _CHECK_EVERY = 8, 4  # bounds are read after these Lanczos steps (each read costs a little)
+_ROUNDING = 1e-4  # added to each Christoffel bound on c²: the float32 products the search runs on
+_CHUNK_ROWS = 2048  # rows of W converted to float64 at a time in a float64 product
+
+
+@dataclass(frozen=True)
+class TunedTop:
+    """The top k singular values and left vectors of W (float64), and a bound on ‖ũ_j − u_j‖ for
+    each (signs aligned; inf where the vector is not separated from its neighbours)."""
+
+    sigma: np.ndarray
+    u: torch.Tensor
+    error: np.ndarray
+
+
+@dataclass(frozen=True)
+class Flags:
+    """Certified flags of one matrix pair at (k, ε): bounds on each max|cos|, and the intruders."""
+
+    lower: np.ndarray  # max_i |u0_iᵀ u_j| ≥ lower[j]
+    upper: np.ndarray  # max_i |u0_iᵀ u_j| ≤ upper[j]
+    sigma: np.ndarray  # the top k singular values of W
+    steps: int  # Lanczos steps taken
+
+    def intruder_ranks(self, epsilon: float) -> list[int]:
+        return [int(j) for j in np.flatnonzero(self.upper < epsilon)]
+
+
+def certify(w0: torch.Tensor, w: torch.Tensor, base_sigma: np.ndarray, k: int, epsilon: float) -> Flags | None:
+    """The intruder flags of W0 → W at (k, ε), each certified, or None when some u_j could not be
+    decided (near ε, clustered spectra, a rank-deficient tall W0): then use the exact path."""
+    m, n = w0.shape
+    epsilon = float(np.float32(epsilon))  # the threshold as every reader compares it (intruders.py)
+    lam = np.sort(np.asarray(base_sigma, dtype=np.float64)[: min(m, n)] ** 2)
+    if m > n and not lam[0] > 1e-10 * lam[-1]:
+        return None  # a zero σ of a tall W0: its left vector is any null vector, so no bound holds
+    tuned = tuned_top(w, k)
+    if tuned is None:
+        return None
+    lower, upper, steps = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error)
+    if ((upper >= epsilon) & (lower < epsilon)).any():
+        return None
+    return Flags(lower=lower, upper=upper, sigma=tuned.sigma, steps=steps)
+
+
+# -- products with W, on blocks of row vectors (x @ W is the fast form in every BLAS tried) -----
+
+def _times(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x W in float64 for rows x (b×m, float64) and W (m×n, any float dtype), W converted a chunk of
+    rows at a time (bounded memory)."""
+    out = torch.zeros(x.shape[0], w.shape[1], dtype=torch.float64)
+    for i in range(0, w.shape[0], _CHUNK_ROWS):
+        out += x[:, i: i + _CHUNK_ROWS] @ w[i: i + _CHUNK_ROWS].to(torch.float64)
+    return out
+
+
+def _times_t(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x Wᵀ in float64 for rows x (b×n, float64) and W (m×n)."""
+    return torch.cat([x @ w[i: i + _CHUNK_ROWS].to(torch.float64).T for i in range(0, w.shape[0], _CHUNK_ROWS)], 1)
+
+
+def _gram_op(w: torch.Tensor, left: bool):
+    """Rows x ↦ x W Wᵀ (left) or x Wᵀ W, in W's precision, float64 in and out: what the searches
+    run on."""
+    if left:
+        return lambda x: ((x.to(w.dtype) @ w) @ w.T).to(torch.float64)
+    return lambda x: ((x.to(w.dtype) @ w.T) @ w).to(torch.float64)
+
+
+# -- the tuned side ----------------------------------------------------------------------------
+
+def tuned_top(w: torch.Tensor, k: int) -> TunedTop | None:
+    """W's top k left singular vectors by block Krylov on the Gram of its short side, refined until
+    each is within _TUNED_ERROR (or the space is exhausted). None when one is not separated from the
+    next (a repeated or clustered σ_j: which vector is the j-th is then the exact solver's choice)."""
+    m, n = w.shape
+    w32 = w.to(torch.float32)
+    left = m <= n
+    dim = min(m, n)
+    k = min(k, dim)
+    block = min(dim, k + _BLOCK_EXTRA)
+    rows = _gram_op(w32, left)
+
+    def apply(x):
+        return rows(x.T).T
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.linalg.qr(torch.randn(dim, block, generator=gen, dtype=torch.float64)).Q
+    basis, images = q, apply(q)
+    while True:
+        h = basis.T @ images
+        theta, s = torch.linalg.eigh((h + h.T) / 2)
+        theta, s = theta.flip(0), s.flip(1)
+        rho = (images @ s[:, :k] - (basis @ s[:, :k]) * theta[:k]).norm(dim=0)
+        error = _angle_bounds(theta, rho, k)
+        if basis.shape[1] >= min(dim, _MAX_BASIS * block) or (error <= _TUNED_ERROR).all():
+            break
+        z = images[:, -q.shape[1]:]
+        for _ in range(2):
+            z = z - basis @ (basis.T @ z)
+        q = torch.linalg.qr(z[:, : min(block, dim - basis.shape[1])]).Q
+        q = torch.linalg.qr(q - basis @ (basis.T @ q)).Q  # z may have lost rank: stay orthogonal
+        basis, images = torch.cat([basis, q], 1), torch.cat([images, apply(q)], 1)
+    y = basis @ s[:, :k]
+    u = y if left else _times_t(y.T, w32).T
+    u = u / u.norm(dim=0)
+    # the bound that counts: u's own residual on W Wᵀ, in float64 (the zero eigenvalues of a tall W
+    # are neighbours too)
+    image = _times_t(_times(u.T, w32), w32).T
+    theta_u = (u * image).sum(0)
+    rho_u = (image - u * theta_u).norm(dim=0)
+    others = theta.clone()
+    others[:k] = theta_u
+    if not left:
+        others = torch.cat([others, torch.zeros(1, dtype=torch.float64)])
+    error = _angle_bounds(others, rho_u, k)
+    if not np.isfinite(error).all():
+        return None
+    return TunedTop(sigma=theta_u.clamp_min(0).sqrt().numpy(), u=u, error=error)
+
+
+def _angle_bounds(theta: torch.Tensor, rho: torch.Tensor, k: int) -> np.ndarray:
+    """‖ũ_j − u_j‖ ≤ √2 sin∠ ≤ √2 ρ_j / gap_j, the gap to the nearest other Ritz value less ρ_j
+    (inf when the residual is not small against the gap)."""
+    theta, rho = theta.numpy(), rho.numpy()
+    out = np.empty(k)
+    for j in range(k):
+        gap = np.delete(np.abs(theta - theta[j]), j).min(initial=np.inf) - rho[j]
+        out[j] = math.sqrt(2) * rho[j] / gap if gap > 2 * rho[j] else np.inf
+    return out
+
+
+# -- the base side -----------------------------------------------------------------------------
+
+def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: float,
+                  tuned_error: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Lower and upper bounds on max_i |u0_iᵀ u_j| for each column u_j of `u`, from Lanczos runs on
+    W0's Gram (`lam`: its eigenvalues, ascending), each run stopped once its bounds leave ε on one
+    side (or after _MAX_STEPS). `tuned_error` widens them by how far each u_j may be from the true."""
+    m, n = w0.shape
+    tall = m > n
+    b = u.shape[1]
+    slack = np.zeros(b) if tuned_error is None else np.asarray(tuned_error, dtype=np.float64)
+    if tall:  # Wᵀ0 W0 from y_j = W0ᵀ u_j: atoms λ_i c_i², total ‖y_j‖²
+        start = _times(u.T, w0).T
+        mass = start.pow(2).sum(0).numpy()
+        start = start / start.norm(dim=0).clamp_min(1e-300)
+        scale = mass[None, :] / lam[:, None]  # c_i² = ‖y‖² · atom_i / λ_i
+    else:
+        start, mass = u.clone(), np.ones(b)
+        scale = np.ones((lam.size, b))
+    dim = start.shape[0]
+    steps_max = min(_MAX_STEPS, dim)
+    # A tall W0's bound divides by λ_i, which would magnify float32's rounding near its smallest
+    # singular values: its products are float64.
+    operator = w0.to(torch.float64) if tall else w0.to(torch.float32)
+    apply = _gram_op(operator, left=not tall)
+    # how far rounding in the products may move the measure's atoms (a generous multiple of
+    # √(long side) units of the precision, times ‖W0‖²)
+    blur = 4 * math.sqrt(max(m, n)) * torch.finfo(operator.dtype).eps * float(lam[-1])
+    lower, upper = np.zeros(b), np.ones(b)
+    basis = torch.zeros(b, steps_max + 1, dim, dtype=torch.float64)
+    basis[:, 0] = start.T
+    alpha, beta = np.zeros((b, steps_max)), np.zeros((b, steps_max))
+    active = np.arange(b)
+    steps = 0
+    for t in range(steps_max):
+        if active.size == 0:
+            break
+        steps = t + 1
+        q = basis[active, t]  # one row per active run
+        z = apply(q)
+        a = (q * z).sum(1)
+        z = z - q * a[:, None]
+        if t > 0:
+            z = z - basis[active, t - 1] * torch.from_numpy(beta[active, t - 1])[:, None]
+        own = basis[active, : t + 1]  # active × (t+1) × dim
+        for _ in range(2):  # full re-orthogonalisation, each run against its own vectors
+            z = z - torch.einsum("atd,at->ad", own, torch.einsum("atd,ad->at", own, z))
+        alpha[active, t] = a.numpy()
+        norms = z.norm(dim=1)
+        beta[active, t] = norms.numpy()
+        basis[active, t + 1] = z / norms.clamp_min(1e-300)[:, None]
+        exhausted = norms.numpy() <= 1e-12 * max(float(lam[-1]), 1e-300)
+        if not (exhausted.any() or t + 1 == steps_max or (t + 1 >= _FIRST_CHECK and (t + 1) % _CHECK_EVERY == 0)):
+            continue
+        checked, candidates = [], []
+        for c in active:
+            hi = float((scale[:, c] * _atom_bounds(alpha[c, : t + 1], beta[c, : t + 1], lam, blur)).max()) + _ROUNDING
+            upper[c] = min(1.0, math.sqrt(hi) + slack[c])
+            if upper[c] >= epsilon and lower[c] < epsilon:
+                x = _candidate(alpha[c, : t + 1], beta[c, : t + 1], basis[c, : t + 1], tall, lam, mass[c],
+                               epsilon + slack[c])
+                if x is not None:
+                    checked.append(c)
+                    candidates.append(x)
+        if candidates:  # one float64 pass over W0 for all of them
+            found = _verified(torch.stack(candidates), w0, tall, lam, u[:, checked]) - slack[checked]
+            lower[checked] = np.maximum(lower[checked], found)
+        undecided = (upper[active] >= epsilon) & (lower[active] < epsilon) & ~exhausted
+        active = active[undecided] if t + 1 < steps_max else active[:0]
+    return lower, upper, steps
+
+
+def _atom_bounds(alpha: np.ndarray, beta: np.ndarray, lam: np.ndarray, blur: float) -> np.ndarray:
+    """An upper bound on the mass of the measure's atom at each λ_i after K Lanczos steps (α_1…α_K,
+    β_1…β_K): the Christoffel function Λ(λ_i), the largest atom at λ_i among all measures with the
+    moments seen. Λ peaks at each Gauss node θ_l, where it equals the weight w_l, and the peak of a
+    converged node is as narrow as its residual β_K |s_Kl|; `blur` is how far rounding may have moved
+    the atoms, so within 100 blurs of a node converged to less than that, the node's weight bounds
+    the atom too (the peak may have moved off λ_i)."""
+    k = len(alpha)
+    tri = np.diag(alpha) + np.diag(beta[: k - 1], 1) + np.diag(beta[: k - 1], -1)
+    theta, s = np.linalg.eigh(tri)
+    first, last = s[0], s[k - 1]
+    distance = theta[None, :] - lam[:, None]
+    on_node = distance == 0
+    distance[on_node] = np.inf
+    inverse = 1.0 / distance
+    # Λ(x) = 1 / Σ_{t<K} p_t(x)²; the three-term recurrence is unstable near converged nodes, so
+    # from T_K's eigenpairs: (p_t(x))_t ∝ (T_K − x)⁻¹ e_K, hence
+    # Λ(x) = (Σ_l s_Kl s_1l / (θ_l − x))² / Σ_l s_Kl² / (θ_l − x)²
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        bound = (inverse @ (first * last)) ** 2 / ((inverse**2) @ (last**2))
+    bound[~np.isfinite(bound)] = 1.0
+    converged = np.abs(beta[k - 1] * last) <= 100 * blur
+    near = (np.abs(distance) <= 100 * blur) & converged[None, :] | on_node
+    bound = np.maximum(bound, (near * first**2).max(axis=1))
+    return np.minimum(1.01 * bound, 1.0)
+
+
+def _candidate(alpha, beta, basis, tall, lam, mass, epsilon) -> torch.Tensor | None:
+    """The run's heaviest Ritz vector (a left vector to be, on the v side of a tall W0), when its
+    weight and estimated residual suggest it reaches ε: only those are worth a float64 check."""
+    t = len(alpha)
+    tri = np.diag(alpha) + np.diag(beta[: t - 1], 1) + np.diag(beta[: t - 1], -1)
+    theta, s = np.linalg.eigh(tri)
+    # the squared cosine each Ritz pair stands for (on the v side of a tall W0, weight ‖y‖² / θ)
+    cos2 = s[0] ** 2 * (mass / np.maximum(theta, 1e-300) if tall else 1.0)
+    best = int(np.argmax(cos2))
+    distance = np.sort(np.abs(lam - theta[best]))
+    estimate = abs(beta[t - 1] * s[t - 1, best])
+    if distance.size < 2 or math.sqrt(cos2[best]) - estimate / max(distance[1], 1e-300) < epsilon:
+        return None
+    return torch.from_numpy(s[:, best]) @ basis
+
+
+def _verified(x: torch.Tensor, w0: torch.Tensor, tall: bool, lam: np.ndarray, u: torch.Tensor) -> np.ndarray:
+    """For Ritz vectors x (rows) and the tuned vectors u (matching columns): lower bounds on
+    max_i |u0_iᵀ u_j|, each x's residual measured in float64 on W0 and the known spectrum putting
+    exactly one eigenvalue within it (Davis–Kahan: sin∠ ≤ ρ / gap); 0 where that fails."""
+    if tall:  # right vectors: their left ones are W0 x, up to scale
+        x = _times_t(x, w0)
+    x = x / x.norm(dim=1, keepdim=True)
+    image = _times_t(_times(x, w0), w0)
+    quotients = (x * image).sum(1)
+    residuals = (image - quotients[:, None] * x).norm(dim=1).numpy()
+    cosines = (x * u.T).sum(1).abs().numpy()
+    out = np.zeros(len(x))
+    for r, (quotient, rho) in enumerate(zip(quotients.numpy(), residuals)):
+        distance = np.abs(lam - quotient)
+        near = np.flatnonzero(distance <= rho)
+        if near.size != 1:
+            continue
+        gap = float(np.delete(distance, near[0]).min(initial=np.inf))
+        if tall:
+            gap = min(gap, abs(float(quotient)))  # the null space of W0 W0ᵀ is the other neighbour
+        if gap > rho:
+            out[r] = max(0.0, cosines[r] - rho / gap)
+    return out
