@@ -21,7 +21,9 @@ singular values, so those products are float64; the others are float32 (their ro
 
 The tuned side needs only its top k vectors: block Krylov with Rayleigh–Ritz, each vector's error
 bounded by its float64 residual over its gap to the other Ritz values, and every bound above widened
-by it. Whatever stays undecided returns None: the caller takes the exact path for that matrix.
+by it. A vector still undecided (within a few thousandths of ε) is measured against W0's full
+decomposition (`Flags.with_base_vectors`: cached, or computed once and cached), and only what that
+cannot decide, or tuned vectors that are not separated, go to the exact path.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _MAX_BASIS = 24  # Krylov blocks before the tuned vectors are taken as they are
 _MAX_STEPS = 48  # Lanczos steps before a vector is left to the exact path
 _FIRST_CHECK, _CHECK_EVERY = 8, 4  # bounds are read after these Lanczos steps (each read costs a little)
 _ROUNDING = 1e-4  # added to each Christoffel bound on c²: the float32 products the search runs on
+_FLOAT32_VECTORS = 1e-6  # ‖u − fl32(u)‖ for a unit vector, rounded up: a cached U0's columns
 _CHUNK_ROWS = 2048  # rows of W converted to float64 at a time in a float64 product
 
 
@@ -53,32 +56,50 @@ class TunedTop:
 
 @dataclass(frozen=True)
 class Flags:
-    """Certified flags of one matrix pair at (k, ε): bounds on each max|cos|, and the intruders."""
+    """Bounds on max|cos| of each of the top k tuned vectors of one matrix pair, read at ε."""
 
     lower: np.ndarray  # max_i |u0_iᵀ u_j| ≥ lower[j]
     upper: np.ndarray  # max_i |u0_iᵀ u_j| ≤ upper[j]
-    sigma: np.ndarray  # the top k singular values of W
+    epsilon: float  # as every reader compares it: float32 (intruders.py)
+    tuned: TunedTop
     steps: int  # Lanczos steps taken
 
-    def intruder_ranks(self, epsilon: float) -> list[int]:
-        return [int(j) for j in np.flatnonzero(self.upper < epsilon)]
+    @property
+    def decided(self) -> bool:
+        return not ((self.upper >= self.epsilon) & (self.lower < self.epsilon)).any()
+
+    def intruder_ranks(self) -> list[int]:
+        return [int(j) for j in np.flatnonzero(self.upper < self.epsilon)]
+
+    def with_base_vectors(self, base_u: torch.Tensor) -> Flags:
+        """The undecided vectors measured against every left singular vector of W0 (its full
+        decomposition, float32, as the exact path has it): their max|cos| is then known to within
+        the tuned vector's error and U0's rounding, so only a vector that close to ε stays open."""
+        undecided = np.flatnonzero((self.upper >= self.epsilon) & (self.lower < self.epsilon))
+        found = (self.tuned.u[:, undecided].T.to(base_u.dtype) @ base_u.to(self.tuned.u.device)).abs().max(dim=1)
+        best = found.values.double().cpu().numpy()
+        slack = self.tuned.error[undecided] + _FLOAT32_VECTORS
+        lower, upper = self.lower.copy(), self.upper.copy()
+        lower[undecided], upper[undecided] = best - slack, np.minimum(best + slack, 1.0)
+        return Flags(lower=lower, upper=upper, epsilon=self.epsilon, tuned=self.tuned, steps=self.steps)
 
 
-def certify(w0: torch.Tensor, w: torch.Tensor, base_sigma: np.ndarray, k: int, epsilon: float) -> Flags | None:
-    """The intruder flags of W0 → W at (k, ε), each certified, or None when some u_j could not be
-    decided (near ε, clustered spectra, a rank-deficient tall W0): then use the exact path."""
+def certify(w0: torch.Tensor, w: torch.Tensor, base_sigma: np.ndarray, k: int, epsilon: float,
+            gram: torch.Tensor | None = None) -> Flags | None:
+    """Bounds on the top-k tuned vectors' max|cos| of W0 → W, each run until it decides the flag at ε
+    or gives up (near ε, clustered spectra: `Flags.decided`, else `with_base_vectors`); None when
+    the tuned top k are not separated or W0 is tall and rank-deficient: then use the exact path.
+    `gram`: W0's (`eigen.full_gram`) where it is at hand; a tall W0 needs it."""
     m, n = w0.shape
-    epsilon = float(np.float32(epsilon))  # the threshold as every reader compares it (intruders.py)
+    epsilon = float(np.float32(epsilon))
     lam = np.sort(np.asarray(base_sigma, dtype=np.float64)[: min(m, n)] ** 2)
     if m > n and not lam[0] > 1e-10 * lam[-1]:
         return None  # a zero σ of a tall W0: its left vector is any null vector, so no bound holds
     tuned = tuned_top(w, k)
     if tuned is None:
         return None
-    lower, upper, steps = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error)
-    if ((upper >= epsilon) & (lower < epsilon)).any():
-        return None
-    return Flags(lower=lower, upper=upper, sigma=tuned.sigma, steps=steps)
+    lower, upper, steps = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error, gram)
+    return Flags(lower=lower, upper=upper, epsilon=epsilon, tuned=tuned, steps=steps)
 
 
 # -- products with W, on blocks of row vectors (x @ W is the fast form in every BLAS tried) -----
@@ -171,10 +192,14 @@ def _angle_bounds(theta: torch.Tensor, rho: torch.Tensor, k: int) -> np.ndarray:
 # -- the base side -----------------------------------------------------------------------------
 
 def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: float,
-                  tuned_error: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                  tuned_error: np.ndarray | None = None,
+                  gram: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Lower and upper bounds on max_i |u0_iᵀ u_j| for each column u_j of `u`, from Lanczos runs on
     W0's Gram (`lam`: its eigenvalues, ascending), each run stopped once its bounds leave ε on one
-    side (or after _MAX_STEPS). `tuned_error` widens them by how far each u_j may be from the true."""
+    side (or after _MAX_STEPS). `tuned_error` widens them by how far each u_j may be from the true.
+    The runs multiply by `gram` (W0's short-side Gram, float64) where given, else by W0 and W0ᵀ in
+    float32; a tall W0's bound divides by λ_i, which would magnify float32's rounding near its
+    smallest singular values, so its Gram is formed when not given."""
     m, n = w0.shape
     tall = m > n
     b = u.shape[1]
@@ -189,13 +214,21 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
         scale = np.ones((lam.size, b))
     dim = start.shape[0]
     steps_max = min(_MAX_STEPS, dim)
-    # A tall W0's bound divides by λ_i, which would magnify float32's rounding near its smallest
-    # singular values: its products are float64.
-    operator = w0.to(torch.float64) if tall else w0.to(torch.float32)
-    apply = _gram_op(operator, left=not tall)
+    if gram is None and tall:
+        from spectui.eigen import full_gram
+
+        gram = full_gram(w0)
+    if gram is not None:
+        g = gram.to(torch.float64)
+
+        def apply(x):
+            return x @ g
+    else:
+        apply = _gram_op(w0.to(torch.float32), left=True)
     # how far rounding in the products may move the measure's atoms (a generous multiple of
     # √(long side) units of the precision, times ‖W0‖²)
-    blur = 4 * math.sqrt(max(m, n)) * torch.finfo(operator.dtype).eps * float(lam[-1])
+    precision = torch.finfo(torch.float64 if gram is not None else torch.float32).eps
+    blur = 4 * math.sqrt(max(m, n)) * precision * float(lam[-1])
     lower, upper = np.zeros(b), np.ones(b)
     basis = torch.zeros(b, steps_max + 1, dim, dtype=torch.float64)
     basis[:, 0] = start.T

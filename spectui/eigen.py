@@ -21,36 +21,51 @@ from spectui import lapack
 
 def gram(w: torch.Tensor) -> torch.Tensor:
     """W Wᵀ or Wᵀ W (float64), whichever is smaller: its eigenvalues are the squared singular values
-    of W."""
+    of W. On the CPU W stays in its own precision, converted a slab at a time."""
     m, n = w.shape
-    w = w.to(torch.float64)
     if not _on_lapack(w):
+        w = w.to(torch.float64)
         return w @ w.T if m <= n else w.T @ w
+    if w.dtype not in (torch.float32, torch.float64):
+        w = w.to(torch.float32)
     return torch.from_numpy(lapack.gram_lower(w.numpy()))
 
 
-def eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every eigenvalue and eigenvector (columns)."""
+def full_gram(w: torch.Tensor) -> torch.Tensor:
+    """`gram` with both triangles filled, for products with it (the counts' Lanczos runs)."""
+    g = gram(w)
+    if _on_lapack(g):
+        a = g.numpy()
+        for start in range(0, a.shape[0], 512):  # upper from lower, a block of columns at a time
+            block = slice(start, start + 512)
+            a[:start, block] = a[block, :start].T
+            a[block, block] = np.tril(a[block, block]) + np.tril(a[block, block], -1).T
+    return g
+
+
+def eigh(gram: torch.Tensor, scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every eigenvalue and eigenvector (columns). `scratch`: the Gram matrix is a temporary that
+    LAPACK may overwrite, which saves a copy of it (a matrix's memory peak)."""
     if not _on_lapack(gram):
         return torch.linalg.eigh(gram)
-    lam, vecs = lapack.syevd(_lapack_copy(gram))
+    lam, vecs = lapack.syevd(_lapack_copy(gram, scratch))
     return torch.from_numpy(lam), torch.from_numpy(vecs)
 
 
-def eigvalsh(gram: torch.Tensor) -> torch.Tensor:
-    """Every eigenvalue."""
+def eigvalsh(gram: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+    """Every eigenvalue (`scratch` as for `eigh`)."""
     if not _on_lapack(gram):
         return torch.linalg.eigvalsh(gram)
-    d, e, _ = lapack.sytrd(_lapack_copy(gram))
+    d, e, _ = lapack.sytrd(_lapack_copy(gram, scratch))
     return torch.from_numpy(lapack.sterf(d, e))
 
 
-def eigh_top(gram: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def eigh_top(gram: torch.Tensor, count: int, scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Every eigenvalue, and the eigenvectors of the `count` largest (columns, ascending like the
-    eigenvalues)."""
+    eigenvalues; `scratch` as for `eigh`)."""
     n = gram.shape[0]
     if _on_lapack(gram) and 2 * count < n:  # when most vectors are wanted, the full solver is as fast
-        reflectors = _lapack_copy(gram)
+        reflectors = _lapack_copy(gram, scratch)
         d, e, tau = lapack.sytrd(reflectors)
         lam = lapack.sterf(d, e)
         z = _top_tridiagonal_vectors(d, e, lam[n - count:])
@@ -59,7 +74,7 @@ def eigh_top(gram: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor
             # the diagonal of reflectors[1:, :n-1]
             rest = lapack.apply_reflectors(reflectors[1:, : n - 1], tau, np.asfortranarray(z[1:]))
             return torch.from_numpy(lam), torch.from_numpy(np.vstack([z[:1], rest]))
-    lam, vecs = eigh(gram)
+    lam, vecs = eigh(gram, scratch)
     return lam, vecs[:, n - count:]
 
 
@@ -78,6 +93,8 @@ def _top_tridiagonal_vectors(d: np.ndarray, e: np.ndarray, eigenvalues: np.ndarr
         return None
 
 
-def _lapack_copy(gram: torch.Tensor) -> np.ndarray:
-    """A column-major float64 copy, which LAPACK overwrites."""
-    return np.array(gram.to(torch.float64).numpy(), order="F")
+def _lapack_copy(gram: torch.Tensor, scratch: bool = False) -> np.ndarray:
+    """A column-major float64 array LAPACK may overwrite: a copy, or with `scratch` the Gram
+    matrix's own memory where it is already laid out so (as `gram` makes it)."""
+    array = gram.to(torch.float64).numpy()
+    return np.asfortranarray(array) if scratch else np.array(array, order="F")

@@ -26,6 +26,7 @@ from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import load_matrix
 from spectui.defaults import SIMILARITY_SIZE, TOP_VECTORS
+from spectui.eigen import full_gram
 from spectui.errors import UsageError, one_line
 from spectui.intruders import MatrixCounts
 from spectui.spectral import (
@@ -35,6 +36,7 @@ from spectui.spectral import (
     decompose,
     marchenko_pastur_distance,
     singular_values,
+    singular_values_of_gram,
 )
 
 
@@ -223,7 +225,7 @@ class Scan:
         self.names = [n for n in comparison.matrix_names(self.models) if names is None or n in names]
         self.results: dict[tuple[int, str], MatrixResult | MatrixCounts] = {}
         self.counts = counts
-        self.fallbacks = 0  # counts the certificates could not decide: the full decomposition did
+        self.fallbacks = 0  # counted pairs the bounds alone could not decide (W0's vectors did)
         self._used: dict[Path, dict[str, set[str]]] = {}  # cache keys each model's scan used, by kind
         self.errors: dict[str, MatrixFailed] = {}
         self._cost = {name: matrix_cost(comparison.spec(name).shape) for name in self.names}
@@ -406,7 +408,11 @@ class Scan:
             cached = result is not None
             if result is None:
                 solver = solver_device(device)
-                base = base or self._base_decomposition(base_key, w0, solver)
+                base = base or self.cache.get_decomposition(base_key)
+                if base is None:  # decomposing W0 is this matrix's memory peak: W is read again after it
+                    del w
+                    base = self._decompose_base(base_key, w0, solver)
+                    w = load_matrix(model.source, spec.tuned_name, spec)
                 result = compare(base, w0.to(solver), w.to(solver), factors)
                 self.cache.put_result(key, result)
                 computed = True
@@ -421,14 +427,15 @@ class Scan:
 
     def _count_matrix(self, name: str, device: torch.device, w0: torch.Tensor, base_key: str) -> bool:
         """The counts phase of one base matrix: per tuned model, a cached full result if there is
-        one, else the certificates on W0's spectrum (cached: it is all they need of W0), else the
-        full decomposition (cached for the spectra to come)."""
+        one, else the certificates on W0's spectrum (cached: it is all they need of W0); what they
+        leave open, W0's full decomposition decides (cached for the spectra to come), and what that
+        cannot (a tuned vector within its error of ε, tuned vectors not separated), the exact path."""
         from spectui.certify import certify
 
         k, epsilon = self.counts
         comparison = self.comparison
         computed = False
-        sigma = None
+        sigma = base = gram = None
         for index in self.models:
             model = comparison.tuned[index]
             spec = model.spec(name)
@@ -452,34 +459,45 @@ class Scan:
             if sigma is None:
                 self._use(comparison.base.path, "spectrum", base_key)
                 sigma = self.cache.get_spectrum(base_key)
-                if sigma is None:
-                    sigma = singular_values(w0.to(solver)).numpy()
-                    self.cache.put_spectrum(base_key, sigma)
-            flags = certify(w0.to(solver), w.to(solver), sigma, top, epsilon)
-            if flags is not None:
-                counts = MatrixCounts(tuple(w.shape), k, epsilon, flags.lower, flags.upper, "bounds")
+            # the certificates run on the CPU (their GPU path is not written yet)
+            if gram is None and (sigma is None or w0.shape[0] > w0.shape[1]):
+                gram = full_gram(w0)  # the spectrum's, kept for the bounds' products
+            if sigma is None:
+                sigma = singular_values_of_gram(gram).numpy()
+                self.cache.put_spectrum(base_key, sigma)
+            flags = certify(w0, w, sigma, top, epsilon, gram)
+            how = "bounds"
+            if flags is not None and not flags.decided:
+                gram = None  # W0's decomposition is the bigger peak: the Gram is formed again if wanted
+                base = base or self._base_vectors(base_key, w0, solver)
+                flags, how = flags.with_base_vectors(base.u), "vectors"
+            if flags is not None and flags.decided:
+                counts = MatrixCounts(tuple(w.shape), k, epsilon, flags.lower, flags.upper, how)
             else:
-                self.fallbacks += 1
-                self._use(comparison.base.path, "base", base_key)
+                how, gram = "exact", None
+                base = base or self._base_vectors(base_key, w0, solver)
                 self._use(model.path, "pair", key)
-                base = self._base_decomposition(base_key, w0, solver)
                 result = compare(base, w0.to(solver), w.to(solver), factors)
                 self.cache.put_result(key, result)
                 found = result.max_cos[:top].astype(np.float64)
-                counts = MatrixCounts(tuple(w.shape), k, epsilon, found, found, "exact")
+                counts = MatrixCounts(tuple(w.shape), k, epsilon, found, found, how)
+            self.fallbacks += how != "bounds"
             computed = True
             self._counted(name, index, counts, False)
         return computed
+
+    def _base_vectors(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
+        """W0's full decomposition for the counts phase: cached, or computed now and cached."""
+        self._use(self.comparison.base.path, "base", base_key)
+        return self.cache.get_decomposition(base_key) or self._decompose_base(base_key, w0, device)
 
     def _counted(self, name: str, index: int, counts: MatrixCounts, cached: bool) -> None:
         self.results[(index, name)] = counts
         self.on_event(MatrixDone(name, index, counts, cached))
 
-    def _base_decomposition(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
-        base = self.cache.get_decomposition(base_key)
-        if base is None:
-            base = decompose(w0.to(device))
-            self.cache.put_decomposition(base_key, base)
+    def _decompose_base(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
+        base = decompose(w0.to(device))
+        self.cache.put_decomposition(base_key, base)
         return base
 
 

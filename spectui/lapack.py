@@ -74,15 +74,21 @@ def _call(name: str, *args) -> None:
         raise np.linalg.LinAlgError(f"LAPACK {name} failed (info={info.value})")
 
 
-def gram_lower(w: np.ndarray) -> np.ndarray:
-    """The smaller of W Wᵀ and Wᵀ W for a row-major W, lower triangle only (BLAS dsyrk: half the
-    work of a product), column-major."""
+def gram_lower(w: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """The smaller of W Wᵀ and Wᵀ W for a row-major W of any float dtype, lower triangle only
+    (BLAS dsyrk: half the work of a product), column-major. W is converted to float64 a slab of
+    `chunk` rows (or columns) at a time and the slabs' Grams summed, so a float32 W is never held
+    twice in float64."""
     m, n = w.shape
-    a = np.ascontiguousarray(w, dtype=np.float64)  # row-major W is column-major Wᵀ (n × m, lda n)
-    size, depth, trans = (m, n, b"T") if m <= n else (n, m, b"N")
+    size = min(m, n)
     out = np.zeros((size, size), order="F")
-    _routine("dsyrk")(b"L", trans, _i(size), _i(depth), ctypes.byref(ctypes.c_double(1.0)), _d(a), _i(n),
-                      ctypes.byref(ctypes.c_double(0.0)), _d(out), _i(size))
+    one = ctypes.byref(ctypes.c_double(1.0))
+    for start in range(0, max(m, n), chunk):
+        # W Wᵀ sums S Sᵀ over column slabs S, Wᵀ W sums Sᵀ S over row slabs; either way the slab,
+        # stored row-major as c × size, is the column-major size × c matrix A whose A Aᵀ is added
+        part = w[:, start: start + chunk].T if m <= n else w[start: start + chunk]
+        slab = np.ascontiguousarray(part, dtype=np.float64)
+        _routine("dsyrk")(b"L", b"N", _i(size), _i(slab.shape[0]), one, _d(slab), _i(size), one, _d(out), _i(size))
     return out
 
 

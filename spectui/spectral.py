@@ -55,40 +55,54 @@ def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
     matrix (decomposed once, cached) needs every vector; a tuned one only its top vectors, which
     `eigen.eigh_top` finds for little more than the cost of the eigenvalues."""
     m, n = w.shape
-    w64 = w.to(torch.float64)
     if vectors is None:
-        lam, vecs = eigen.eigh(eigen.gram(w64))
+        lam, vecs = eigen.eigh(eigen.gram(w), scratch=True)
     else:
-        lam, vecs = eigen.eigh_top(eigen.gram(w64), min(vectors, m, n))
+        lam, vecs = eigen.eigh_top(eigen.gram(w), min(vectors, m, n), scratch=True)
     sigma = lam.flip(0).clamp_min(0).sqrt()
     vecs = vecs.flip(1).to(w.device)
-    u = vecs if m <= n else _left_from_right(w64, vecs, sigma[: vecs.shape[1]].to(w.device))
-    return Decomposition(sigma=sigma.cpu(), u=u.to(torch.float32))
+    u = vecs.to(torch.float32) if m <= n else _left_from_right(w, vecs, sigma[: vecs.shape[1]].to(w.device))
+    return Decomposition(sigma=sigma.cpu(), u=u)
 
 
 # Above this σ_i/σ_max, u_i = W v_i / σ_i is orthonormal to ~1e-16 (σ_max/σ_i)² ≤ 1e-6 as it stands.
 _ORTHONORMAL_FLOOR = 1e-5
+_ROWS = 2048  # rows of a tall W turned into left vectors at a time, in float64
 
 
 def _left_from_right(w: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Left singular vectors u_i = W v_i / σ_i of a tall W from its right ones. Those of tiny σ_i
-    would be spoilt by rounding: they are re-orthonormalised against the rest, in order (QR keeps
-    the span of each leading set of columns)."""
-    y = w @ v
+    """Left singular vectors u_i = W v_i / σ_i (float32) of a tall W from its right ones (float64),
+    computed in float64 a slab of rows at a time, so neither W nor U is ever held in float64. Those
+    of tiny σ_i would be spoilt by rounding: they are re-orthonormalised against the rest, in order
+    (QR keeps the span of each leading set of columns)."""
     head = int((sigma > _ORTHONORMAL_FLOOR * sigma[0]).sum()) if sigma[0] > 0 else 0
-    u = y[:, :head] / sigma[:head]
-    if head == y.shape[1]:
+    u = torch.empty(w.shape[0], v.shape[1], dtype=torch.float32, device=w.device)
+    tail = None if head == v.shape[1] else torch.empty(w.shape[0], v.shape[1] - head, dtype=torch.float64,
+                                                        device=w.device)
+    for start in range(0, w.shape[0], _ROWS):
+        y = w[start: start + _ROWS].to(torch.float64) @ v
+        u[start: start + _ROWS, :head] = (y[:, :head] / sigma[:head]).to(torch.float32)
+        if tail is not None:
+            tail[start: start + _ROWS] = y[:, head:]
+    if tail is None:
         return u
-    tail = y[:, head:] - u @ (u.T @ y[:, head:])
+    top = u[:, :head].to(torch.float64)
+    tail = tail - top @ (top.T @ tail)
     q, r = torch.linalg.qr(tail)
     signs = torch.sign(torch.diagonal(r))
     signs[signs == 0] = 1
-    return torch.cat([u, q * signs], dim=1)
+    u[:, head:] = (q * signs).to(torch.float32)
+    return u
 
 
 def singular_values(w: torch.Tensor) -> torch.Tensor:
     """All singular values, descending; float64 so the tail of a low-rank ΔW stays near zero."""
-    return eigen.eigvalsh(eigen.gram(w)).clamp_min(0).sqrt().flip(0).cpu()
+    return singular_values_of_gram(eigen.gram(w), scratch=True)
+
+
+def singular_values_of_gram(gram: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+    """The same from W's Gram matrix (`eigen.gram`), left as it is unless `scratch`."""
+    return eigen.eigvalsh(gram, scratch=scratch).clamp_min(0).sqrt().flip(0).cpu()
 
 
 def low_rank_singular_values(b: torch.Tensor, a: torch.Tensor, size: int) -> torch.Tensor:

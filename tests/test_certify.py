@@ -13,6 +13,7 @@ import pytest
 import torch
 from naive import naive_max_cos
 
+from spectui import certify as certify_module
 from spectui.certify import certify, cosine_bounds, tuned_top
 from spectui.spectral import singular_values
 
@@ -72,7 +73,9 @@ def agrees(w0, w, k=10, epsilon=0.5) -> bool | None:
         return None
     assert (flags.lower <= reference + 1e-9).all(), (flags.lower, reference)
     assert (flags.upper >= reference - 1e-9).all(), (flags.upper, reference)
-    assert flags.intruder_ranks(epsilon) == [int(j) for j in np.flatnonzero(reference < np.float32(epsilon))]
+    if not flags.decided:
+        return None
+    assert flags.intruder_ranks() == [int(j) for j in np.flatnonzero(reference < np.float32(epsilon))]
     return True
 
 
@@ -137,7 +140,22 @@ def test_a_single_planted_intruder_above_the_base():
         c = 2 * float(torch.linalg.matrix_norm(w0, ord=2))
         w0, w = w0.float(), (w0 + c * torch.outer(x, y)).float()
         flags = certify(w0, w, singular_values(w0).numpy(), 10, 0.5)
-        assert flags is not None and flags.intruder_ranks(0.5) == [0]
+        assert flags is not None and flags.decided and flags.intruder_ranks() == [0]
+
+
+def test_what_the_bounds_leave_open_the_base_vectors_decide(monkeypatch):
+    """With a Lanczos budget too small to decide everything, W0's full decomposition (float32, as
+    the cache holds it) decides the rest, with the naive answer."""
+    monkeypatch.setattr(certify_module, "_MAX_STEPS", 8)
+    w0, w = planted_mix(384, 384, seed=5, near=0.502)
+    reference = naive_max_cos(w0, w)[:10].numpy()
+    flags = certify(w0, w, singular_values(w0).numpy(), 10, 0.5)
+    assert flags is not None and not flags.decided
+    u0 = torch.linalg.svd(w0.double(), full_matrices=False).U.float()
+    settled = flags.with_base_vectors(u0)
+    assert settled.decided
+    assert settled.intruder_ranks() == [int(j) for j in np.flatnonzero(reference < np.float32(0.5))]
+    assert (settled.lower <= reference + 1e-9).all() and (settled.upper >= reference - 1e-9).all()
 
 
 def test_bounds_hold_whatever_the_threshold_stopped_at():
@@ -189,7 +207,7 @@ def test_counts_only_scan_matches_the_full_scan(tiny, cli, cache_dir):
         assert {m["name"]: m["intruder_ranks"] for m in only["matrices"]} == \
                {m["name"]: m["intruder_ranks"] for m in whole["matrices"]}
         for m in only["matrices"]:
-            assert m["decided_by"] in ("bounds", "exact")
+            assert m["decided_by"] in ("bounds", "vectors", "exact")
             assert all(lo <= hi for lo, hi in m["max_cos_bounds"])
     assert sum(m["decided_by"]["bounds"] for m in counts["models"]) > 0
     # the full results are cached now: a counts-only scan reads them

@@ -54,6 +54,22 @@ def test_a_matrix_that_splits_into_blocks_is_solved_in_full():
     assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, COUNT)
 
 
+def test_a_scratch_gram_gives_the_same_answers():
+    g = gram_with(SPECTRA["decaying"])
+    lam, vecs = eigen.eigh_top(g.clone(), COUNT)
+    scratch_lam, scratch_vecs = eigen.eigh_top(g.clone(), COUNT, scratch=True)
+    assert torch.equal(lam, scratch_lam) and torch.equal(vecs, scratch_vecs)
+    assert torch.equal(eigen.eigh(g.clone())[0], eigen.eigh(g.clone(), scratch=True)[0])
+    assert torch.equal(eigen.eigvalsh(g.clone()), eigen.eigvalsh(g.clone(), scratch=True))
+
+
+def test_full_gram_fills_both_triangles():
+    w = torch.randn(700, 1300, dtype=torch.float64)
+    for matrix in (w, w.T):
+        expected = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+        torch.testing.assert_close(eigen.full_gram(matrix), expected, rtol=1e-12, atol=1e-9)
+
+
 def test_the_input_is_not_overwritten():
     g = gram_with(SPECTRA["decaying"])
     before = g.clone()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are touched: listing stays 
 
     from spectui.checkpoint.experts import ExpertIndex
 
+from spectui.checkpoint.delta import plus_low_rank
 from spectui.checkpoint.files import CheckpointError, TensorStore, read_json, weight_files
 from spectui.checkpoint.names import MatrixSpec, normalise
 from spectui.checkpoint.param_lora import ParamLoraSet, strip_base_layers, targeted
@@ -178,7 +179,7 @@ class LoraAdapter:
 
         b, a = self.factors(module)
         transposed = module.embedding or module.fan_in_fan_out
-        w = (w0.T if transposed else w0).float() + b @ a
+        w = plus_low_rank(w0.T if transposed else w0, b, a)
         if module.magnitude_key is not None:
             magnitude = self.store.load(module.magnitude_key).float().reshape(-1, 1)
             w = w * (magnitude / torch.linalg.norm(w, dim=1, keepdim=True))
@@ -351,7 +352,7 @@ class AdaptedModel:
         params = self._params
         if name in params.parts:
             b, a = params.factors(name)
-            return self.base.load(name).float() + b @ a
+            return plus_low_rank(self.base.load(name), b, a)
         if name in params.params or name in params.two_d:
             return params.merged_parameter(name, self.base.load(name))
         replaced = name in self._replaced

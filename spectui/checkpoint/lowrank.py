@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spectui.checkpoint.delta import plus_low_rank
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.names import MatrixSpec, normalise
 
@@ -111,7 +112,7 @@ class LowRankModel:
         if name not in self.deltas:
             return w
         b, a = self.deltas[name].scaled()
-        return w.float() + b @ a
+        return plus_low_rank(w, b, a)
 
     def delta_factors(self, spec: MatrixSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
         delta = self.deltas.get(spec.name)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spectui.checkpoint.delta import plus_low_rank
 from spectui.checkpoint.experts import PEFT_IN_OUT_MODEL_TYPES, ExpertPart, index_experts
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.names import pair_key
@@ -221,7 +222,7 @@ class ParamLoraSet:
         lora = self.params.get(name) or self.two_d[name]
         a, b = self._factor(lora.a_key), self._factor(lora.b_key)
         if name in self.two_d:
-            return w0.float() + lora.scaling * b @ a
+            return plus_low_rank(w0, lora.scaling * b, a)
         a = a.reshape(lora.experts, lora.rank, -1)  # e r i
         b = b.reshape(b.shape[0], lora.rank, lora.experts)  # o r e
         delta = torch.einsum("ore,eri->eoi" if lora.swapped else "ore,eri->eio", b, a) * lora.scaling

@@ -63,7 +63,7 @@ def counts_record(spec: MatrixSpec, counts: MatrixCounts, k: int, epsilon: float
     }
 
 
-DECIDED_BY = ("bounds", "exact", "cache", "unchanged")
+DECIDED_BY = ("bounds", "vectors", "exact", "cache", "unchanged")
 
 
 def _floats(values: np.ndarray) -> list[float]:
