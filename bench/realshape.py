@@ -242,7 +242,7 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
         f"{mode} {row[f'{mode}_s']:7.1f}s ×{row[f'{mode}_speedup']:4.1f} ({row[f'{mode}_model_min']:6.1f} min/model, "
         f"{row[f'{mode}_peak_mb']:.0f} MB)" for mode in best) +
         f" | cache {row['cache_ratio']:.2f}× base (counts: {row['counts_cache_ratio']:.3f}×, "
-        f"{row['counts_fallbacks']} to the exact path) | flags identical: {row['flags_identical']}", flush=True)
+        f"{row['counts_fallbacks']} left open by the bounds) | flags identical: {row['flags_identical']}", flush=True)
     return row
 
 
