@@ -388,12 +388,7 @@ class Scan:
             return self._count_matrix(name, device, w0, base_key)
         self._use(comparison.base.path, "base", base_key)
         base = None
-        for index in self.models:
-            model = comparison.tuned[index]
-            spec = model.spec(name)
-            if spec is None or self._cancelled:
-                continue
-            w = load_matrix(model.source, spec.tuned_name, spec)
+        for index, model, spec, w in self._tuned(name):
             if torch.equal(w, w0):  # the fine-tune left it as it was: no decomposition, nothing to cache
                 if base is None:
                     base = self.cache.get_decomposition(base_key)
@@ -422,6 +417,15 @@ class Scan:
             self.on_event(MatrixDone(name, index, result, cached))
         return computed
 
+    def _tuned(self, name: str):
+        """(index, model, spec, W) for each tuned model that changes base matrix `name`, W read
+        only when its turn comes (one tuned matrix in memory at a time)."""
+        for index in self.models:
+            model = self.comparison.tuned[index]
+            spec = model.spec(name)
+            if spec is not None and not self._cancelled:
+                yield index, model, spec, load_matrix(model.source, spec.tuned_name, spec)
+
     def _use(self, path: Path, kind: str, key: str) -> None:
         self._used.setdefault(path, {}).setdefault(kind, set()).add(key)
 
@@ -436,12 +440,7 @@ class Scan:
         comparison = self.comparison
         computed = False
         sigma = base = gram = None
-        for index in self.models:
-            model = comparison.tuned[index]
-            spec = model.spec(name)
-            if spec is None or self._cancelled:
-                continue
-            w = load_matrix(model.source, spec.tuned_name, spec)
+        for index, model, spec, w in self._tuned(name):
             top = min(k, *w.shape)
             if torch.equal(w, w0):
                 ones = np.ones(top)

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from spectui.spectral import MatrixResult
 
 
-def matrix_record(spec: MatrixSpec, result: MatrixResult, k: int, epsilon: float) -> dict:
+def _flags(spec: MatrixSpec, result: MatrixResult | MatrixCounts, k: int, epsilon: float) -> dict:
+    """Which matrix, and its intruders at (k, ε): what every matrix record starts with."""
     return {
         "name": spec.name,
         "shape": list(result.shape),
@@ -26,6 +27,12 @@ def matrix_record(spec: MatrixSpec, result: MatrixResult, k: int, epsilon: float
         "expert": spec.expert,  # a mixture-of-experts matrix's expert (its module: e.g. mlp.experts.gate_proj)
         "intruders": result.intruders(k, epsilon),
         "intruder_ranks": result.intruder_ranks(k, epsilon),
+    }
+
+
+def matrix_record(spec: MatrixSpec, result: MatrixResult, k: int, epsilon: float) -> dict:
+    return {
+        **_flags(spec, result, k, epsilon),
         "max_cos": _floats(result.max_cos[:k]),
         "best_base_index": [int(i) for i in result.best_base[:k]],
         "sigma_base": _floats(result.sigma_base),
@@ -51,13 +58,7 @@ def matrix_record(spec: MatrixSpec, result: MatrixResult, k: int, epsilon: float
 def counts_record(spec: MatrixSpec, counts: MatrixCounts, k: int, epsilon: float) -> dict:
     """A matrix of a counts-only scan: its flags, and how they were decided."""
     return {
-        "name": spec.name,
-        "shape": list(counts.shape),
-        "layer": spec.layer,
-        "module": spec.module,
-        "expert": spec.expert,
-        "intruders": counts.intruders(k, epsilon),
-        "intruder_ranks": counts.intruder_ranks(k, epsilon),
+        **_flags(spec, counts, k, epsilon),
         "max_cos_bounds": [[float(lo), float(hi)] for lo, hi in zip(counts.lower[:k], counts.upper[:k])],
         "decided_by": counts.decided_by,
     }
