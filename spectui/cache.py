@@ -251,7 +251,10 @@ class Cache:
         if entry is not None:
             return entry[0]["sigma"]
         dec = self.get_decomposition(key) if self.root is not None and self._file("base", key).is_file() else None
-        return None if dec is None else dec.sigma.numpy()
+        if dec is None:
+            return None
+        self.put_spectrum(key, dec.sigma.numpy())  # next time a few KB are read, not every vector
+        return dec.sigma.numpy()
 
     def put_spectrum(self, key: str, sigma: np.ndarray) -> None:
         self._write("spectrum", key, {"sigma": np.ascontiguousarray(sigma, dtype=np.float64)}, {})

@@ -6,7 +6,7 @@ are the weights of the spectral measure μ_j of G0 = W0 W0ᵀ seen from u_j, who
 base's eigenvalues λ_i = σ_i² — known cheaply (`spectral.singular_values`, or the cache), unlike its
 vectors. A Lanczos run on G0 from u_j gives μ_j's orthonormal polynomials p_0 … p_K, and for every
 polynomial q of degree ≤ K with q(λ) = 1, μ_j({λ}) ≤ ∫ q² dμ_j; the best such q gives the Christoffel
-function Λ_K(λ) = 1 / Σ_t p_t(λ)². So every c_i² ≤ Λ_K(λ_i) (`_christoffel`): once all of these are
+function Λ_K(λ) = 1 / Σ_t p_t(λ)². So every c_i² ≤ Λ_K(λ_i) (`_atom_bounds`): once all of these are
 below ε², u_j is a certified intruder. The other way, a Ritz vector x of G0 close to one eigenvector
 (residual ρ, and the known spectrum puts one eigenvalue within ρ and the next δ away) is within
 sin∠ ≤ ρ/δ of it (Davis–Kahan), so |x ᵀ u_j| − ρ/δ ≤ max|c_i|: at or above ε it certifies a match. That
@@ -37,7 +37,7 @@ import torch
 _BLOCK_EXTRA = 8  # Krylov block = k + this: the vectors just below the top k converge with them
 _TUNED_ERROR = 1e-4  # stop refining the tuned vectors once each is this close (‖ũ − u‖)
 _MAX_BASIS = 24  # Krylov blocks before the tuned vectors are taken as they are
-_MAX_STEPS = 48  # Lanczos steps before a vector is left to the exact path
+_MAX_STEPS = 48  # Lanczos steps before a vector is left open (to W0's vectors)
 _FIRST_CHECK, _CHECK_EVERY = 8, 4  # bounds are read after these Lanczos steps (each read costs a little)
 _ROUNDING = 1e-4  # added to each Christoffel bound on c²: the float32 products the search runs on
 _FLOAT32_VECTORS = 1e-6  # ‖u − fl32(u)‖ for a unit vector, rounded up: a cached U0's columns
@@ -46,10 +46,9 @@ _CHUNK_ROWS = 2048  # rows of W converted to float64 at a time in a float64 prod
 
 @dataclass(frozen=True)
 class TunedTop:
-    """The top k singular values and left vectors of W (float64), and a bound on ‖ũ_j − u_j‖ for
-    each (signs aligned; inf where the vector is not separated from its neighbours)."""
+    """The top k left singular vectors of W (float64), and a bound on ‖ũ_j − u_j‖ for each (signs
+    aligned; inf where the vector is not separated from its neighbours)."""
 
-    sigma: np.ndarray
     u: torch.Tensor
     error: np.ndarray
 
@@ -62,7 +61,6 @@ class Flags:
     upper: np.ndarray  # max_i |u0_iᵀ u_j| ≤ upper[j]
     epsilon: float  # as every reader compares it: float32 (intruders.py)
     tuned: TunedTop
-    steps: int  # Lanczos steps taken
 
     @property
     def decided(self) -> bool:
@@ -81,7 +79,7 @@ class Flags:
         slack = self.tuned.error[undecided] + _FLOAT32_VECTORS
         lower, upper = self.lower.copy(), self.upper.copy()
         lower[undecided], upper[undecided] = best - slack, np.minimum(best + slack, 1.0)
-        return Flags(lower=lower, upper=upper, epsilon=self.epsilon, tuned=self.tuned, steps=self.steps)
+        return Flags(lower=lower, upper=upper, epsilon=self.epsilon, tuned=self.tuned)
 
 
 def certify(w0: torch.Tensor, w: torch.Tensor, base_sigma: np.ndarray, k: int, epsilon: float,
@@ -98,8 +96,8 @@ def certify(w0: torch.Tensor, w: torch.Tensor, base_sigma: np.ndarray, k: int, e
     tuned = tuned_top(w, k)
     if tuned is None:
         return None
-    lower, upper, steps = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error, gram)
-    return Flags(lower=lower, upper=upper, epsilon=epsilon, tuned=tuned, steps=steps)
+    lower, upper = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error, gram)
+    return Flags(lower=lower, upper=upper, epsilon=epsilon, tuned=tuned)
 
 
 # -- products with W, on blocks of row vectors (x @ W is the fast form in every BLAS tried) -----
@@ -175,7 +173,7 @@ def tuned_top(w: torch.Tensor, k: int) -> TunedTop | None:
     error = _angle_bounds(others, rho_u, k)
     if not np.isfinite(error).all():
         return None
-    return TunedTop(sigma=theta_u.clamp_min(0).sqrt().numpy(), u=u, error=error)
+    return TunedTop(u=u, error=error)
 
 
 def _angle_bounds(theta: torch.Tensor, rho: torch.Tensor, k: int) -> np.ndarray:
@@ -193,7 +191,7 @@ def _angle_bounds(theta: torch.Tensor, rho: torch.Tensor, k: int) -> np.ndarray:
 
 def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: float,
                   tuned_error: np.ndarray | None = None,
-                  gram: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                  gram: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds on max_i |u0_iᵀ u_j| for each column u_j of `u`, from Lanczos runs on
     W0's Gram (`lam`: its eigenvalues, ascending), each run stopped once its bounds leave ε on one
     side (or after _MAX_STEPS). `tuned_error` widens them by how far each u_j may be from the true.
@@ -234,11 +232,9 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
     basis[:, 0] = start.T
     alpha, beta = np.zeros((b, steps_max)), np.zeros((b, steps_max))
     active = np.arange(b)
-    steps = 0
     for t in range(steps_max):
         if active.size == 0:
             break
-        steps = t + 1
         q = basis[active, t]  # one row per active run
         z = apply(q)
         a = (q * z).sum(1)
@@ -270,7 +266,7 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
             lower[checked] = np.maximum(lower[checked], found)
         undecided = (upper[active] >= epsilon) & (lower[active] < epsilon) & ~exhausted
         active = active[undecided] if t + 1 < steps_max else active[:0]
-    return lower, upper, steps
+    return lower, upper
 
 
 def _atom_bounds(alpha: np.ndarray, beta: np.ndarray, lam: np.ndarray, blur: float) -> np.ndarray:

@@ -164,7 +164,7 @@ def test_bounds_hold_whatever_the_threshold_stopped_at():
     w0, w = planted_mix(256, 256, seed=7)
     u = torch.linalg.svd(w.double(), full_matrices=False).U[:, :10]
     lam = np.sort(singular_values(w0).numpy() ** 2)
-    lower, upper, _ = cosine_bounds(w0, u, lam, epsilon=2.0)
+    lower, upper = cosine_bounds(w0, u, lam, epsilon=2.0)
     reference = naive_max_cos(w0, w)[:10].numpy()
     assert (lower <= reference + 1e-9).all() and (upper >= reference - 1e-9).all()
 
