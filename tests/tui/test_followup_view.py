@@ -3,7 +3,6 @@ cosines of the tuned models' updates in the Compare view, on the bundled samples
 
 import io
 import threading
-import time
 
 from app_driver import wait_for_scan
 from rich.console import Console
@@ -49,10 +48,11 @@ async def test_the_matrix_detail_shows_angles_shares_and_drift(make_app):
 async def test_compare_shows_how_alike_the_updates_are_computed_off_the_ui_thread(make_app, monkeypatch):
     computed_on = []
     compute = ScanResults.update_similarity
+    looked = threading.Event()
 
     def slowly(self):
         computed_on.append(threading.current_thread())
-        time.sleep(0.5)  # long enough to see the view go on meanwhile
+        looked.wait(30)  # until the test has seen the view go on meanwhile (no race with a slow machine)
         return compute(self)
 
     monkeypatch.setattr(ScanResults, "update_similarity", slowly)
@@ -63,6 +63,7 @@ async def test_compare_shows_how_alike_the_updates_are_computed_off_the_ui_threa
         await pilot.press("c")
         assert isinstance(app.screen, CompareScreen)
         assert "reading their matrices" in shown(app, "#compare-similarity")  # the UI did not wait
+        looked.set()
         for _ in range(300):
             await pilot.pause(0.1)
             if "reading" not in shown(app, "#compare-similarity"):
