@@ -22,7 +22,7 @@ Columns (each a whole process, peak RSS its own, fastest of --repeat runs):
   counts cold  spectui scan --counts-only, empty cache (certified flags; the base's spectrum only)
   counts base cached   the same with the base's spectra cached (a second adapter)
 Flags (intruder ranks at k=10, ε=0.5) must be identical to the paper's in every column; the counts
-columns also say how many matrices the certificates left to the exact path.
+columns also say how many matrices the certificates left to the exact path (W0's full decomposition).
 Results go to bench/results/realshape-<time>.json.
 """
 
@@ -242,7 +242,7 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
         f"{mode} {row[f'{mode}_s']:7.1f}s ×{row[f'{mode}_speedup']:4.1f} ({row[f'{mode}_model_min']:6.1f} min/model, "
         f"{row[f'{mode}_peak_mb']:.0f} MB)" for mode in best) +
         f" | cache {row['cache_ratio']:.2f}× base (counts: {row['counts_cache_ratio']:.3f}×, "
-        f"{row['counts_fallbacks']} left open by the bounds) | flags identical: {row['flags_identical']}", flush=True)
+        f"{row['counts_fallbacks']} left to the exact path) | flags identical: {row['flags_identical']}", flush=True)
     return row
 
 

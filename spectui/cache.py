@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from spectui import atomic
+from spectui.defaults import HEAD_VECTORS
 from spectui.errors import InputError
-from spectui.spectral import ALGORITHM_VERSION, Decomposition, MatrixResult
+from spectui.spectral import ALGORITHM_VERSION, BaseSpectrum, Decomposition, MatrixResult
 from spectui.validate import parse_json, read_bytes
 
 
@@ -61,7 +62,7 @@ _RESULT_ARRAYS = {"sigma_base": (1, "f"), "sigma_tuned": (1, "f"), "sigma_delta"
                   "best_base": (1, "i"), "similarity": (2, "f"), "overlap": (2, "f"), "delta_energy_base": (1, "f"),
                   "delta_energy_tuned": (1, "f")}
 _DECOMPOSITION_ARRAYS = {"sigma": (1, "f"), "u": (2, "f")}
-_SPECTRUM_ARRAYS = {"sigma": (1, "f")}
+_SPECTRUM_ARRAYS = {"sigma": (1, "f"), "head": (2, "f"), "head_error": (1, "f")}
 KINDS = ("base", "pair", "spectrum")
 MANIFEST_LIMIT = 64 << 20
 DEFAULT_MAX_BYTES = 20 << 30  # a laptop disk spares this; a whole 8B base's entries fit
@@ -244,20 +245,25 @@ class Cache:
         arrays = {"sigma": dec.sigma.cpu().numpy(), "u": dec.u.cpu().contiguous().numpy()}
         self._write("base", key, arrays, {})
 
-    def get_spectrum(self, key: str) -> np.ndarray | None:
-        """A base matrix's singular values alone (what counts need from it): from its spectrum
-        entry, or from its decomposition where that is cached."""
+    def get_spectrum(self, key: str) -> BaseSpectrum | None:
+        """What the counts need of a base matrix: from its spectrum entry, or from its
+        decomposition where that is cached."""
         entry = self._read("spectrum", key, _SPECTRUM_ARRAYS)
         if entry is not None:
-            return entry[0]["sigma"]
+            arrays = entry[0]
+            return BaseSpectrum(arrays["sigma"], arrays["head"], arrays["head_error"])
         dec = self.get_decomposition(key) if self.root is not None and self._file("base", key).is_file() else None
         if dec is None:
             return None
-        self.put_spectrum(key, dec.sigma.numpy())  # next time a few KB are read, not every vector
-        return dec.sigma.numpy()
+        head = dec.u[:, :HEAD_VECTORS].numpy()
+        found = BaseSpectrum(dec.sigma.numpy(), head, np.zeros(head.shape[1]))
+        self.put_spectrum(key, found)  # next time a few KB are read, not every vector
+        return found
 
-    def put_spectrum(self, key: str, sigma: np.ndarray) -> None:
-        self._write("spectrum", key, {"sigma": np.ascontiguousarray(sigma, dtype=np.float64)}, {})
+    def put_spectrum(self, key: str, spectrum: BaseSpectrum) -> None:
+        self._write("spectrum", key, {"sigma": np.ascontiguousarray(spectrum.sigma, dtype=np.float64),
+                                      "head": np.ascontiguousarray(spectrum.head, dtype=np.float32),
+                                      "head_error": np.ascontiguousarray(spectrum.head_error, dtype=np.float64)}, {})
 
     def get_result(self, key: str) -> MatrixResult | None:
         entry = self._read("pair", key, _RESULT_ARRAYS)

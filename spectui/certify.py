@@ -21,9 +21,14 @@ singular values, so those products are float64; the others are float32 (their ro
 
 The tuned side needs only its top k vectors: block Krylov with Rayleigh–Ritz, each vector's error
 bounded by its float64 residual over its gap to the other Ritz values, and every bound above widened
-by it. A vector still undecided (within a few thousandths of ε) is measured against W0's full
-decomposition (`Flags.with_base_vectors`: cached, or computed once and cached), and only what that
-cannot decide, or tuned vectors that are not separated, go to the exact path.
+by it.
+
+Two routes use these bounds. With W0's spectrum cached (a second tuned model), `certify` runs on
+products with W0 alone. Otherwise, or where that leaves a vector open, `certify_reduced` works on W0's
+Gram reduced to tridiagonal form — which the spectrum needs anyway — where a product costs O(n) and
+the few atoms the bounds cannot place below ε are measured exactly, by inverse iteration on T. Only
+tuned vectors that are not separated, a vector within ~1e-12 of ε, or a split T go to the exact path
+(W0's full decomposition).
 """
 
 from __future__ import annotations
@@ -34,13 +39,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from spectui.defaults import HEAD_VECTORS
+from spectui.eigen import Reduction
+
 _BLOCK_EXTRA = 8  # Krylov block = k + this: the vectors just below the top k converge with them
 _TUNED_ERROR = 1e-4  # stop refining the tuned vectors once each is this close (‖ũ − u‖)
 _MAX_BASIS = 24  # Krylov blocks before the tuned vectors are taken as they are
 _MAX_STEPS = 48  # Lanczos steps before a vector is left open (to W0's vectors)
 _FIRST_CHECK, _CHECK_EVERY = 8, 4  # bounds are read after these Lanczos steps (each read costs a little)
 _ROUNDING = 1e-4  # added to each Christoffel bound on c²: the float32 products the search runs on
-_FLOAT32_VECTORS = 1e-6  # ‖u − fl32(u)‖ for a unit vector, rounded up: a cached U0's columns
+_REDUCED_STEPS = 96  # Lanczos steps on a tridiagonal T (cheap: O(n) a product; the re-orthogonalisation is not)
+_REDUCED_CHECK = 24  # the bounds are read every this many steps, and the runs stop once they leave
+_FEW_MEASURED = 64  # at most this many atoms to measure exactly
+_REDUCED_ROUNDING = 1e-8  # the same allowance as _ROUNDING, for runs in float64 on T
+_MAX_MEASURED = 1024  # atoms measured exactly per matrix before the exact path is cheaper
+_FLOAT32_VECTORS = 1e-6  # ‖u − fl32(u)‖ for a unit vector, rounded up: a cached head vector
+_TRUSTED_HEAD = 1e-3  # head vectors known at least this well stand for their atoms
 _CHUNK_ROWS = 2048  # rows of W converted to float64 at a time in a float64 product
 
 
@@ -69,34 +83,20 @@ class Flags:
     def intruder_ranks(self) -> list[int]:
         return [int(j) for j in np.flatnonzero(self.upper < self.epsilon)]
 
-    def with_base_vectors(self, base_u: torch.Tensor) -> Flags:
-        """The undecided vectors measured against every left singular vector of W0 (its full
-        decomposition, float32, as the exact path has it): their max|cos| is then known to within
-        the tuned vector's error and U0's rounding, so only a vector that close to ε stays open."""
-        undecided = np.flatnonzero((self.upper >= self.epsilon) & (self.lower < self.epsilon))
-        found = (self.tuned.u[:, undecided].T.to(base_u.dtype) @ base_u.to(self.tuned.u.device)).abs().max(dim=1)
-        best = found.values.double().cpu().numpy()
-        slack = self.tuned.error[undecided] + _FLOAT32_VECTORS
-        lower, upper = self.lower.copy(), self.upper.copy()
-        lower[undecided], upper[undecided] = best - slack, np.minimum(best + slack, 1.0)
-        return Flags(lower=lower, upper=upper, epsilon=self.epsilon, tuned=self.tuned)
 
-
-def certify(w0: torch.Tensor, w: torch.Tensor, base_sigma: np.ndarray, k: int, epsilon: float,
-            gram: torch.Tensor | None = None) -> Flags | None:
-    """Bounds on the top-k tuned vectors' max|cos| of W0 → W, each run until it decides the flag at ε
-    or gives up (near ε, clustered spectra: `Flags.decided`, else `with_base_vectors`); None when
-    the tuned top k are not separated or W0 is tall and rank-deficient: then use the exact path.
-    `gram`: W0's (`eigen.full_gram`) where it is at hand; a tall W0 needs it."""
+def certify(w0: torch.Tensor, tuned: TunedTop, base_sigma: np.ndarray, epsilon: float,
+            gram: torch.Tensor | None = None, head=None) -> Flags | None:
+    """Bounds on the tuned top vectors' max|cos| of W0 → W from products with W0 alone, each run
+    until it decides the flag at ε or gives up (near ε, clustered spectra: `Flags.decided`; then
+    `certify_reduced`); None when W0 is tall and rank-deficient (the exact path then). `gram`: W0's
+    (`eigen.full_gram`) where it is at hand; a tall W0 needs it. `head`: W0's top vectors and their
+    errors (`base_head`), which measure the head's atoms exactly."""
     m, n = w0.shape
     epsilon = float(np.float32(epsilon))
     lam = np.sort(np.asarray(base_sigma, dtype=np.float64)[: min(m, n)] ** 2)
     if m > n and not lam[0] > 1e-10 * lam[-1]:
         return None  # a zero σ of a tall W0: its left vector is any null vector, so no bound holds
-    tuned = tuned_top(w, k)
-    if tuned is None:
-        return None
-    lower, upper = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error, gram)
+    lower, upper = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error, gram, head)
     return Flags(lower=lower, upper=upper, epsilon=epsilon, tuned=tuned)
 
 
@@ -190,14 +190,14 @@ def _angle_bounds(theta: torch.Tensor, rho: torch.Tensor, k: int) -> np.ndarray:
 # -- the base side -----------------------------------------------------------------------------
 
 def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: float,
-                  tuned_error: np.ndarray | None = None,
-                  gram: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  tuned_error: np.ndarray | None = None, gram: torch.Tensor | None = None,
+                  head=None) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds on max_i |u0_iᵀ u_j| for each column u_j of `u`, from Lanczos runs on
     W0's Gram (`lam`: its eigenvalues, ascending), each run stopped once its bounds leave ε on one
     side (or after _MAX_STEPS). `tuned_error` widens them by how far each u_j may be from the true.
     The runs multiply by `gram` (W0's short-side Gram, float64) where given, else by W0 and W0ᵀ in
     float32; a tall W0's bound divides by λ_i, which would magnify float32's rounding near its
-    smallest singular values, so its Gram is formed when not given."""
+    smallest singular values, so its Gram is formed when not given. `head` as for `certify`."""
     m, n = w0.shape
     tall = m > n
     b = u.shape[1]
@@ -227,7 +227,8 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
     # √(long side) units of the precision, times ‖W0‖²)
     precision = torch.finfo(torch.float64 if gram is not None else torch.float32).eps
     blur = 4 * math.sqrt(max(m, n)) * precision * float(lam[-1])
-    lower, upper = np.zeros(b), np.ones(b)
+    known, head_lo, head_hi = _head_atoms(head, u, lam.size)
+    lower, upper = np.maximum(head_lo - slack, 0.0), np.ones(b)
     basis = torch.zeros(b, steps_max + 1, dim, dtype=torch.float64)
     basis[:, 0] = start.T
     alpha, beta = np.zeros((b, steps_max)), np.zeros((b, steps_max))
@@ -235,26 +236,15 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
     for t in range(steps_max):
         if active.size == 0:
             break
-        q = basis[active, t]  # one row per active run
-        z = apply(q)
-        a = (q * z).sum(1)
-        z = z - q * a[:, None]
-        if t > 0:
-            z = z - basis[active, t - 1] * torch.from_numpy(beta[active, t - 1])[:, None]
-        own = basis[active, : t + 1]  # active × (t+1) × dim
-        for _ in range(2):  # full re-orthogonalisation, each run against its own vectors
-            z = z - torch.einsum("atd,at->ad", own, torch.einsum("atd,ad->at", own, z))
-        alpha[active, t] = a.numpy()
-        norms = z.norm(dim=1)
-        beta[active, t] = norms.numpy()
-        basis[active, t + 1] = z / norms.clamp_min(1e-300)[:, None]
-        exhausted = norms.numpy() <= 1e-12 * max(float(lam[-1]), 1e-300)
+        norms = _lanczos_step(apply, basis, alpha, beta, active, t)
+        exhausted = norms <= 1e-12 * max(float(lam[-1]), 1e-300)
         if not (exhausted.any() or t + 1 == steps_max or (t + 1 >= _FIRST_CHECK and (t + 1) % _CHECK_EVERY == 0)):
             continue
         checked, candidates = [], []
         for c in active:
-            hi = float((scale[:, c] * _atom_bounds(alpha[c, : t + 1], beta[c, : t + 1], lam, blur)).max()) + _ROUNDING
-            upper[c] = min(1.0, math.sqrt(hi) + slack[c])
+            atoms = scale[:, c] * _atom_bounds(alpha[c, : t + 1], beta[c, : t + 1], lam, blur)
+            atoms[known] = 0.0
+            upper[c] = min(1.0, max(math.sqrt(float(atoms.max()) + _ROUNDING), head_hi[c]) + slack[c])
             if upper[c] >= epsilon and lower[c] < epsilon:
                 x = _candidate(alpha[c, : t + 1], beta[c, : t + 1], basis[c, : t + 1], tall, lam, mass[c],
                                epsilon + slack[c])
@@ -267,6 +257,152 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
         undecided = (upper[active] >= epsilon) & (lower[active] < epsilon) & ~exhausted
         active = active[undecided] if t + 1 < steps_max else active[:0]
     return lower, upper
+
+
+def certify_reduced(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, tuned: TunedTop,
+                    epsilon: float) -> Flags | None:
+    """The same flags from W0's Gram reduced to tridiagonal form, G0 = Q T Qᵀ (`eigen.reduce`): the
+    measure of G0 seen from x_j (u_j, or y_j = W0ᵀ u_j for a tall W0) is T's seen from t_j = Qᵀ x_j,
+    and a product with T costs O(n). Lanczos runs on T bound every atom (`_atom_bounds`); the atoms
+    whose bound could reach ε are then measured exactly: T's eigenvectors for those eigenvalues by
+    inverse iteration, each within √2 (ρ + blur) / gap of the true one (Davis–Kahan, its residual ρ
+    measured, the gap from the known spectrum). Nothing here multiplies by W0 but y_j: the cost is
+    the reduction, which the spectrum needs anyway. None where T splits or a W0 is tall and
+    rank-deficient (the exact path then)."""
+    m, n = w0.shape
+    tall = m > n
+    epsilon = float(np.float32(epsilon))
+    if tall and not lam[0] > 1e-10 * lam[-1]:
+        return None
+    x = _times(tuned.u.T, w0).T if tall else tuned.u
+    t = torch.from_numpy(reduction.to_tridiagonal(x.numpy()))
+    size = t.norm(dim=0).numpy()  # ‖y_j‖ (tall) or 1
+    scale = (size**2)[None, :] / lam[:, None] if tall else np.ones((lam.size, t.shape[1]))
+    d, e = torch.from_numpy(reduction.d), torch.from_numpy(reduction.e)
+
+    def apply(rows):  # rows ↦ rows T
+        out = rows * d
+        out[:, :-1] += rows[:, 1:] * e
+        out[:, 1:] += rows[:, :-1] * e
+        return out
+
+    runs, dim = t.shape[1], t.shape[0]
+    steps = min(_REDUCED_STEPS, dim)
+    basis = torch.zeros(runs, steps + 1, dim, dtype=torch.float64)
+    basis[:, 0] = (t / t.norm(dim=0).clamp_min(1e-300)).T
+    alpha, beta = np.zeros((runs, steps)), np.zeros((runs, steps))
+    active, length = np.arange(runs), np.full(runs, steps)
+    blur = 4 * math.sqrt(max(m, n)) * torch.finfo(torch.float64).eps * float(lam[-1])
+    slack = tuned.error
+    for step in range(steps):
+        norms = _lanczos_step(apply, basis, alpha, beta, active, step)
+        exhausted = norms <= 1e-12 * max(float(lam[-1]), 1e-300)  # an invariant subspace: the run ends
+        length[active[exhausted]] = step + 1
+        active = active[~exhausted]
+        length[active] = step + 1
+        if active.size and step + 1 < steps and (step + 1) % _REDUCED_CHECK:
+            continue
+        bounds = [_atom_bounds(alpha[j, : length[j]], beta[j, : length[j]], lam, blur) for j in range(runs)]
+        atoms = np.sqrt(np.stack(bounds, 1) * scale + _REDUCED_ROUNDING)
+        measured = np.flatnonzero((atoms + slack >= epsilon).any(axis=1))
+        if measured.size <= _FEW_MEASURED or not active.size:
+            break
+    if measured.size > _MAX_MEASURED:
+        return None
+    cosines, errors = _measured_atoms(reduction, lam, measured, t.numpy(), blur)
+    if tall:
+        cosines, errors = cosines / np.sqrt(lam[measured])[:, None], errors / np.sqrt(lam[measured])[:, None]
+    atoms[measured] = np.minimum(cosines + errors, 1.0)
+    lower = np.maximum((cosines - errors).max(axis=0, initial=0.0) - slack, 0.0)
+    upper = np.minimum(atoms.max(axis=0) + slack, 1.0)
+    return Flags(lower=lower, upper=upper, epsilon=epsilon, tuned=tuned)
+
+
+def _tridiagonal_pairs(reduction: Reduction, lam: np.ndarray, chosen: np.ndarray,
+                       blur: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """T's eigenvectors z_i (columns) at the `chosen` eigenvalues by inverse iteration, and for each
+    a bound on ‖z̃_i − z_i‖ (signs aligned): √2 (ρ + blur) / gap, its residual measured, the gap from
+    the known spectrum; inf where the gap does not pin it down. (None, inf) where T splits."""
+    z = reduction.tridiagonal_vectors(lam[chosen]) if chosen.size else np.zeros((lam.size, 0))
+    if z is None:
+        return None, np.full(chosen.size, np.inf)
+    d, e = reduction.d, reduction.e
+    image = d[:, None] * z
+    image[:-1] += e[:, None] * z[1:]
+    image[1:] += e[:, None] * z[:-1]
+    rho = np.linalg.norm(image - z * lam[chosen], axis=0) + blur
+    neighbours = np.abs(lam[None, :] - lam[chosen][:, None])
+    neighbours[np.arange(chosen.size), chosen] = np.inf
+    gap = neighbours.min(axis=1, initial=np.inf) - 2 * rho
+    return z, np.where(gap > 2 * rho, math.sqrt(2) * rho / np.maximum(gap, 1e-300), np.inf)
+
+
+def _measured_atoms(reduction: Reduction, lam: np.ndarray, measured: np.ndarray, t: np.ndarray,
+                    blur: float) -> tuple[np.ndarray, np.ndarray]:
+    """|z_iᵀ t_j| at the `measured` eigenvalues, and a bound on each one's error."""
+    z, angle = _tridiagonal_pairs(reduction, lam, measured, blur)
+    if z is None:
+        return np.zeros((measured.size, t.shape[1])), np.full((measured.size, t.shape[1]), np.inf)
+    return np.abs(z.T @ t), angle[:, None] * np.linalg.norm(t, axis=0)[None, :]
+
+
+def base_head(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, count: int = HEAD_VECTORS):
+    """W0's top `count` left singular vectors (float32 columns, descending) from its reduction, and a
+    bound on each one's error: what a second tuned model's bounds (`certify`) measure the head of
+    the spectrum with, where Lanczos converges slowest for a vector matched to it. A tall W0's
+    u_i = W0 v_i / σ_i magnifies v_i's error by at most σ_1 / σ_i."""
+    m, n = w0.shape
+    size = lam.size
+    chosen = np.arange(size - min(count, size), size)[::-1]
+    chosen = chosen[lam[chosen] > 1e-10 * max(float(lam[-1]), 1e-300)]
+    blur = 4 * math.sqrt(max(m, n)) * torch.finfo(torch.float64).eps * float(lam[-1])
+    z, angle = _tridiagonal_pairs(reduction, lam, np.sort(chosen), blur)
+    if z is None or not chosen.size:
+        return np.zeros((m, 0), dtype=np.float32), np.zeros(0)
+    v, angle = torch.from_numpy(reduction.from_tridiagonal(z)).flip(1), angle[::-1]
+    if m > n:
+        sigma = np.sqrt(lam[chosen])
+        v = _times_t(v.T.contiguous(), w0).T / torch.from_numpy(sigma)
+        angle = angle * sigma[0] / sigma
+    return v.to(torch.float32).numpy(), angle.copy()
+
+
+def _lanczos_step(apply, basis: torch.Tensor, alpha: np.ndarray, beta: np.ndarray, active: np.ndarray,
+                  t: int) -> np.ndarray:
+    """Step t of the Lanczos runs `active` (rows of `basis`, runs × steps + 1 × dim), fully
+    re-orthogonalised; fills α_t, β_t and the next basis vector, returns the β_t."""
+    q = basis[active, t]  # one row per active run
+    z = apply(q)
+    a = (q * z).sum(1)
+    z = z - q * a[:, None]
+    if t > 0:
+        z = z - basis[active, t - 1] * torch.from_numpy(beta[active, t - 1])[:, None]
+    # active × (t+1) × dim: a view when every run is active (a gathered copy costs as much as the step)
+    own = basis[:, : t + 1] if active.size == basis.shape[0] else basis[active, : t + 1]
+    for _ in range(2):  # full re-orthogonalisation, each run against its own vectors
+        z = z - torch.bmm(torch.bmm(own, z[:, :, None]).transpose(1, 2), own)[:, 0]
+    alpha[active, t] = a.numpy()
+    norms = z.norm(dim=1)
+    beta[active, t] = norms.numpy()
+    basis[active, t + 1] = z / norms.clamp_min(1e-300)[:, None]
+    return norms.numpy()
+
+
+def _head_atoms(head, u: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The atoms of W0's trusted head vectors (indices into the ascending spectrum), and bounds on the
+    largest |u0_iᵀ u_j| among them."""
+    b = u.shape[1]
+    if head is None:
+        return np.zeros(0, dtype=int), np.zeros(b), np.zeros(b)
+    vectors, errors = head
+    error = np.asarray(errors) + _FLOAT32_VECTORS
+    trusted = np.flatnonzero(error <= _TRUSTED_HEAD)
+    if not trusted.size:
+        return np.zeros(0, dtype=int), np.zeros(b), np.zeros(b)
+    cosines = (torch.from_numpy(np.ascontiguousarray(vectors[:, trusted])).to(torch.float64).T @ u).abs().numpy()
+    lo = (cosines - error[trusted, None]).max(axis=0)
+    hi = (cosines + error[trusted, None]).max(axis=0)
+    return size - 1 - trusted, lo, hi
 
 
 def _atom_bounds(alpha: np.ndarray, beta: np.ndarray, lam: np.ndarray, blur: float) -> np.ndarray:

@@ -13,6 +13,8 @@ read only the lower triangle of a Gram matrix, which is all `gram` fills on the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -64,33 +66,69 @@ def eigh_top(gram: torch.Tensor, count: int, scratch: bool = False) -> tuple[tor
     """Every eigenvalue, and the eigenvectors of the `count` largest (columns, ascending like the
     eigenvalues; `scratch` as for `eigh`)."""
     n = gram.shape[0]
-    if _on_lapack(gram) and 2 * count < n:  # when most vectors are wanted, the full solver is as fast
-        reflectors = _lapack_copy(gram, scratch)
-        d, e, tau = lapack.sytrd(reflectors)
-        lam = lapack.sterf(d, e)
-        z = _top_tridiagonal_vectors(d, e, lam[n - count:])
+    # when most vectors are wanted, the full solver is as fast
+    if 2 * count < n and (reduced := reduce(gram, scratch)) is not None:
+        lam = reduced.eigenvalues()
+        z = reduced.tridiagonal_vectors(lam[n - count:])
         if z is not None:
-            # Q = diag(1, Q'), Q' being the orthogonal factor whose reflectors dsytrd left below
-            # the diagonal of reflectors[1:, :n-1]
-            rest = lapack.apply_reflectors(reflectors[1:, : n - 1], tau, np.asfortranarray(z[1:]))
-            return torch.from_numpy(lam), torch.from_numpy(np.vstack([z[:1], rest]))
+            return torch.from_numpy(lam), torch.from_numpy(reduced.from_tridiagonal(z))
     lam, vecs = eigh(gram, scratch)
     return lam, vecs[:, n - count:]
 
 
+@dataclass
+class Reduction:
+    """A Gram matrix G reduced to tridiagonal form, G = Q T Qᵀ (dsytrd): T's diagonal `d` and
+    off-diagonal `e`, Q as reflectors. Its eigenvalues cost O(n²) from here, any chosen eigenvectors
+    O(n) each, and a vector moves between G's and T's coordinates in O(n²): what the counts need of a
+    base matrix without its full decomposition (certify.py)."""
+
+    d: np.ndarray
+    e: np.ndarray
+    tau: np.ndarray
+    reflectors: np.ndarray  # below the diagonal of [1:, :n-1]: Q = diag(1, Q')
+
+    def eigenvalues(self) -> np.ndarray:
+        """Every eigenvalue, ascending."""
+        return lapack.sterf(self.d, self.e)
+
+    def tridiagonal_vectors(self, eigenvalues: np.ndarray) -> np.ndarray | None:
+        """T's eigenvectors (columns) for some of its eigenvalues (ascending) by inverse iteration,
+        or None where that does not serve: a T that splits into blocks (dstein would have to be told
+        them), or a vector that did not converge."""
+        if not self.e.all():
+            return None
+        try:
+            return lapack.stein(self.d, self.e, eigenvalues)
+        except np.linalg.LinAlgError:
+            return None
+
+    def from_tridiagonal(self, z: np.ndarray) -> np.ndarray:
+        """Q z: T's coordinates to G's."""
+        return self._apply(z, transpose=False)
+
+    def to_tridiagonal(self, x: np.ndarray) -> np.ndarray:
+        """Qᵀ x: G's coordinates to T's."""
+        return self._apply(x, transpose=True)
+
+    def _apply(self, x: np.ndarray, transpose: bool) -> np.ndarray:
+        n = len(self.d)
+        rest = np.array(x[1:], dtype=np.float64, order="F")
+        lapack.apply_reflectors(self.reflectors[1:, : n - 1], self.tau, rest, transpose)
+        return np.vstack([x[:1], rest])
+
+
+def reduce(gram: torch.Tensor, scratch: bool = False) -> Reduction | None:
+    """G's tridiagonal reduction (`scratch` as for `eigh`), or None off the CPU's LAPACK."""
+    if not _on_lapack(gram) or gram.shape[0] < 2:
+        return None
+    reflectors = _lapack_copy(gram, scratch)
+    d, e, tau = lapack.sytrd(reflectors)
+    return Reduction(d, e, tau, reflectors)
+
+
 def _on_lapack(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and lapack.usable()
-
-
-def _top_tridiagonal_vectors(d: np.ndarray, e: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray | None:
-    """Inverse iteration's eigenvectors, or None where it does not serve: a matrix that splits into
-    blocks (dstein would have to be told them), or a vector that did not converge."""
-    if not e.all():
-        return None
-    try:
-        return lapack.stein(d, e, eigenvalues)
-    except np.linalg.LinAlgError:
-        return None
 
 
 def _lapack_copy(gram: torch.Tensor, scratch: bool = False) -> np.ndarray:

@@ -26,17 +26,18 @@ from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import load_matrix
 from spectui.defaults import SIMILARITY_SIZE, TOP_VECTORS
-from spectui.eigen import full_gram
+from spectui.eigen import full_gram, reduce
+from spectui.eigen import gram as gram_of  # `gram` names the matrix in the counts
 from spectui.errors import UsageError, one_line
 from spectui.intruders import MatrixCounts
 from spectui.spectral import (
+    BaseSpectrum,
     Decomposition,
     MatrixResult,
     compare,
     decompose,
     marchenko_pastur_distance,
     singular_values,
-    singular_values_of_gram,
 )
 
 
@@ -210,12 +211,14 @@ class Scan:
         models: list[int] | None = None,
         names: Collection[str] | None = None,
         counts: tuple[int, float] | None = None,
+        then_spectra: bool = False,
     ):
         """`models`: indices of the tuned models to scan (all by default), e.g. one just added;
         `names`: the base matrices to scan (all those the models change by default), e.g. one
         rank's share of a distributed scan; `counts`: (k, ε) to find only the flags there
         (`MatrixCounts`, certified without the base's vectors where `certify` can) instead of
-        every spectrum."""
+        every spectrum; with `then_spectra`, every matrix's counts first and then its spectra (the
+        full `MatrixResult`, replacing the counts), a prioritized matrix's spectra before anything."""
         self.comparison = comparison
         self.models = list(range(len(comparison.tuned))) if models is None else models
         self.cache = cache
@@ -225,20 +228,22 @@ class Scan:
         self.names = [n for n in comparison.matrix_names(self.models) if names is None or n in names]
         self.results: dict[tuple[int, str], MatrixResult | MatrixCounts] = {}
         self.counts = counts
-        self.fallbacks = 0  # counted pairs the bounds alone could not decide (W0's vectors did)
+        self.fallbacks = 0  # counted pairs the certificates left to the exact path
         self._used: dict[Path, dict[str, set[str]]] = {}  # cache keys each model's scan used, by kind
         self.errors: dict[str, MatrixFailed] = {}
+        self.phases = ("spectra",) if counts is None else ("counts", "spectra") if then_spectra else ("counts",)
         self._cost = {name: matrix_cost(comparison.spec(name).shape) for name in self.names}
-        self._done: set[str] = set()
-        self._taken: set[str] = set()
+        self._done: set[tuple[str, str]] = set()  # (phase, name) jobs
+        self._taken: set[tuple[str, str]] = set()
         self._order = itertools.count()
-        self._queue = [(0, next(self._order), name) for name in self.names]
+        self._queue = [(rank, next(self._order), phase, name) for rank, phase in enumerate(self.phases)
+                       for name in self.names]
         self._urgency = itertools.count(-1, -1)
         self._lock = threading.Condition()
         self._cancelled = False
         self._paused = False
-        self._times = ShapeTimes()
-        self._running: dict[str, float] = {}  # matrices being scanned, since when
+        self._times = {phase: ShapeTimes() for phase in self.phases}
+        self._running: dict[tuple[str, str], float] = {}  # jobs in hand, since when
         self.from_cache = 0  # results read from the cache rather than computed (a resumed scan)
         self._live = 0
         self._finished = False
@@ -260,11 +265,14 @@ class Scan:
         self.wait()
         return self
 
-    def prioritize(self, name: str) -> None:
-        """What the user looks at jumps the queue (the most recent request first)."""
+    def prioritize(self, name: str, spectra: bool = True) -> None:
+        """What the user looks at jumps the queue (the most recent request first): its spectra (a
+        matrix view; they answer its counts too), or with `spectra` False its first phase (a row
+        highlighted in a list)."""
+        job = (self.phases[-1] if spectra else self.phases[0], name)
         with self._lock:
-            if name in self._cost and name not in self._taken:
-                heapq.heappush(self._queue, (next(self._urgency), next(self._order), name))
+            if name in self._cost and job not in self._taken:
+                heapq.heappush(self._queue, (next(self._urgency), next(self._order), *job))
 
     def cancel(self) -> None:
         with self._lock:
@@ -294,7 +302,12 @@ class Scan:
 
     @property
     def total(self) -> int:
-        return len(self.names)
+        return len(self.names) * len(self.phases)
+
+    def phase_done(self, phase: str) -> int:
+        """Matrices through `phase` (a matrix whose spectra came first has its counts too)."""
+        with self._lock:
+            return sum((phase, n) in self._done or ("spectra", n) in self._done for n in self.names)
 
     @property
     def finished(self) -> bool:
@@ -305,23 +318,30 @@ class Scan:
         seen scaled from those that were by their SVD work), shared among the workers."""
         now = time.monotonic()
         with self._lock:
-            left = [name for name in self.names if name not in self._done]
-            estimates = [self._times.estimate(self.comparison.spec(n).shape, self._cost[n]) for n in left]
+            left = [(p, n) for p in self.phases for n in self.names if (p, n) not in self._done]
+            estimates = [self._times[p].estimate(self.comparison.spec(n).shape, self._cost[n]) for p, n in left]
             if any(e is None for e in estimates):
                 return None
             in_hand = sum(now - since for since in self._running.values())
         return max(0.0, sum(estimates) - in_hand) / self.workers
 
     # -- workers ------------------------------------------------------------------------------
-    def _next(self) -> str | None:
+    def _next(self) -> tuple[str, str] | None:
+        """The next (phase, name) job; none for a matrix that failed, and no counts once its spectra
+        were taken."""
         with self._lock:
             self._lock.wait_for(lambda: not self._paused or self._cancelled)
             while self._queue and not self._cancelled:
-                _, _, name = heapq.heappop(self._queue)
-                if name not in self._taken:
-                    self._taken.add(name)
-                    self._running[name] = time.monotonic()
-                    return name
+                _, _, phase, name = heapq.heappop(self._queue)
+                job = (phase, name)
+                if job in self._taken:
+                    continue
+                self._taken.add(job)
+                if name in self.errors or phase == "counts" and ("spectra", name) in self._taken:
+                    self._done.add(job)
+                    continue
+                self._running[job] = time.monotonic()
+                return job
             return None
 
     def _work(self, device: torch.device) -> None:
@@ -332,19 +352,20 @@ class Scan:
         _yield_to_interactive_threads()
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        while (name := self._next()) is not None:
+        while (job := self._next()) is not None:
+            phase, name = job
             computed = False
             try:
-                computed = self._scan_on(name, device)
+                computed = self._scan_on(name, phase, device)
             except CheckpointError as err:
                 self._fail(name, str(err), bad_input=True)
             except Exception as err:  # a worker must never die silently: the scan would never finish
                 self._fail(name, f"{name}: {type(err).__name__}: {one_line(err)}", bad_input=False)
             _heap.after_matrix()
             with self._lock:
-                seconds = time.monotonic() - self._running.pop(name)
-                self._times.add(self.comparison.spec(name).shape, self._cost[name], seconds, computed)
-                self._done.add(name)
+                seconds = time.monotonic() - self._running.pop(job)
+                self._times[phase].add(self.comparison.spec(name).shape, self._cost[name], seconds, computed)
+                self._done.add(job)
         with self._lock:
             self._live -= 1
             if self._live == 0:
@@ -364,27 +385,27 @@ class Scan:
         self.errors[name] = event
         self.on_event(event)
 
-    def _scan_on(self, name: str, device: torch.device) -> bool:
+    def _scan_on(self, name: str, phase: str, device: torch.device) -> bool:
         """One matrix on `device`; one that does not fit in a GPU's memory is done on the CPU.
         True when something was decomposed (not all read from the cache)."""
         try:
-            return self._scan_matrix(name, device)
+            return self._scan_matrix(name, phase, device)
         except torch.cuda.OutOfMemoryError:
             if device.type != "cuda":
                 raise
             torch.cuda.empty_cache()
             self._notice(f"{name} did not fit in the memory of {device}: computed on the CPU (slower)")
-            return self._scan_matrix(name, torch.device("cpu"))
+            return self._scan_matrix(name, phase, torch.device("cpu"))
 
     def _notice(self, message: str) -> None:
         self.on_event(ScanNotice(message))
 
-    def _scan_matrix(self, name: str, device: torch.device) -> bool:
+    def _scan_matrix(self, name: str, phase: str, device: torch.device) -> bool:
         comparison = self.comparison
         computed = False
         w0 = load_matrix(comparison.base, name, comparison.spec(name))
         base_key = tensor_digest(w0)
-        if self.counts is not None:
+        if phase == "counts":
             return self._count_matrix(name, device, w0, base_key)
         self._use(comparison.base.path, "base", base_key)
         base = None
@@ -431,15 +452,16 @@ class Scan:
 
     def _count_matrix(self, name: str, device: torch.device, w0: torch.Tensor, base_key: str) -> bool:
         """The counts phase of one base matrix: per tuned model, a cached full result if there is
-        one, else the certificates on W0's spectrum (cached: it is all they need of W0); what they
-        leave open, W0's full decomposition decides (cached for the spectra to come), and what that
-        cannot (a tuned vector within its error of ε, tuned vectors not separated), the exact path."""
-        from spectui.certify import certify
+        one; else, with W0's spectrum cached, the certificates on products with W0; else, or where
+        those leave a vector open, the certificates on W0's Gram reduced to tridiagonal form (its
+        spectrum cached: it is all a second tuned model needs of W0); what none decides (tuned vectors
+        not separated, a vector within rounding of ε) goes to the exact path."""
+        from spectui.certify import base_head, certify, certify_reduced, tuned_top
 
         k, epsilon = self.counts
-        comparison = self.comparison
         computed = False
-        sigma = base = gram = None
+        spectrum = gram = reduction = None
+        tall = w0.shape[0] > w0.shape[1]
         for index, model, spec, w in self._tuned(name):
             top = min(k, *w.shape)
             if torch.equal(w, w0):
@@ -450,47 +472,58 @@ class Scan:
             key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
             if (result := self.cache.get_result(key)) is not None:
                 self._use(model.path, "pair", key)
-                self.from_cache += 1
+                self.from_cache += self.phases == ("counts",)  # else the spectra phase reads it again
                 found = result.max_cos[:top].astype(np.float64)
                 self._counted(name, index, MatrixCounts(tuple(w.shape), k, epsilon, found, found, "cache"), True)
                 continue
-            solver = solver_device(device)
-            if sigma is None:
-                self._use(comparison.base.path, "spectrum", base_key)
-                sigma = self.cache.get_spectrum(base_key)
+            if spectrum is None:
+                self._use(self.comparison.base.path, "spectrum", base_key)
+                spectrum = self.cache.get_spectrum(base_key)
+                if spectrum is not None and not spectrum.fits(tuple(w0.shape)):
+                    spectrum = None
             # the certificates run on the CPU (their GPU path is not written yet)
-            if gram is None and (sigma is None or w0.shape[0] > w0.shape[1]):
-                gram = full_gram(w0)  # the spectrum's, kept for the bounds' products
-            if sigma is None:
-                sigma = singular_values_of_gram(gram).numpy()
-                self.cache.put_spectrum(base_key, sigma)
-            flags = certify(w0, w, sigma, top, epsilon, gram)
-            how = "bounds"
-            if flags is not None and not flags.decided:
-                gram = None  # W0's decomposition is the bigger peak: the Gram is formed again if wanted
-                base = base or self._base_vectors(base_key, w0, solver)
-                flags, how = flags.with_base_vectors(base.u), "vectors"
+            tuned = tuned_top(w, top)
+            flags, how = None, "bounds"
+            if tuned is not None and spectrum is not None and reduction is None:
+                if tall and gram is None:
+                    gram = full_gram(w0)  # the bounds' products; the reduction's input if they fall short
+                flags = certify(w0, tuned, spectrum.sigma, epsilon, gram, (spectrum.head, spectrum.head_error))
+            if tuned is not None and (flags is None or not flags.decided):
+                if reduction is None:
+                    reduction = reduce(gram if gram is not None else gram_of(w0), scratch=True)
+                    gram = None
+                    if reduction is not None:
+                        lam = reduction.eigenvalues()
+                        if spectrum is None:
+                            sigma = np.sqrt(np.clip(lam, 0, None))[::-1].copy()
+                            spectrum = BaseSpectrum(sigma, *base_head(w0, reduction, lam))
+                            self.cache.put_spectrum(base_key, spectrum)
+                if reduction is not None:
+                    flags, how = certify_reduced(w0, reduction, lam, tuned, epsilon), "reduction"
             if flags is not None and flags.decided:
                 counts = MatrixCounts(tuple(w.shape), k, epsilon, flags.lower, flags.upper, how)
             else:
-                how, gram = "exact", None
-                base = base or self._base_vectors(base_key, w0, solver)
+                how = "exact"
+                reduction = gram = None  # W0's decomposition is the bigger peak
+                base = self._base_vectors(base_key, w0, solver_device(device))
                 self._use(model.path, "pair", key)
-                result = compare(base, w0.to(solver), w.to(solver), factors)
+                result = compare(base, w0.to(solver_device(device)), w.to(solver_device(device)), factors)
                 self.cache.put_result(key, result)
                 found = result.max_cos[:top].astype(np.float64)
                 counts = MatrixCounts(tuple(w.shape), k, epsilon, found, found, how)
-            self.fallbacks += how != "bounds"
+            self.fallbacks += how == "exact"
             computed = True
             self._counted(name, index, counts, False)
         return computed
 
     def _base_vectors(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
-        """W0's full decomposition for the counts phase: cached, or computed now and cached."""
+        """W0's full decomposition for the counts' exact path: cached, or computed now and cached."""
         self._use(self.comparison.base.path, "base", base_key)
         return self.cache.get_decomposition(base_key) or self._decompose_base(base_key, w0, device)
 
     def _counted(self, name: str, index: int, counts: MatrixCounts, cached: bool) -> None:
+        if isinstance(self.results.get((index, name)), MatrixResult):
+            return  # its spectra came first (another worker, the matrix in view)
         self.results[(index, name)] = counts
         self.on_event(MatrixDone(name, index, counts, cached))
 

@@ -133,12 +133,12 @@ def stein(d: np.ndarray, e: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray:
     return z
 
 
-def apply_reflectors(a: np.ndarray, tau: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Q c for the Q = H(1)…H(k) whose reflectors sit below the diagonal of `a` (column-major, as
-    QR factorisations and dsytrd leave them); `c` (column-major) is overwritten."""
+def apply_reflectors(a: np.ndarray, tau: np.ndarray, c: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """Q c (or Qᵀ c) for the Q = H(1)…H(k) whose reflectors sit below the diagonal of `a`
+    (column-major, as QR factorisations and dsytrd leave them); `c` (column-major) is overwritten."""
     rows, cols = c.shape
-    _with_workspace("dormqr", b"L", b"N", _i(rows), _i(cols), _i(len(tau)), _d(a), _i(a.strides[1] // 8),
-                    _d(tau), _d(c), _i(rows))
+    _with_workspace("dormqr", b"L", b"T" if transpose else b"N", _i(rows), _i(cols), _i(len(tau)), _d(a),
+                    _i(a.strides[1] // 8), _d(tau), _d(c), _i(rows))
     return c
 
 

@@ -48,6 +48,23 @@ class Decomposition:
     u: torch.Tensor
 
 
+@dataclass
+class BaseSpectrum:
+    """What the counts keep of a base matrix (certify.py): every singular value (descending), its top
+    left singular vectors (float32 columns) and a bound on each one's error."""
+
+    sigma: np.ndarray
+    head: np.ndarray
+    head_error: np.ndarray
+
+    def fits(self, shape: tuple[int, int]) -> bool:
+        """Whether it can be a matrix of this shape's (a cache entry is checked before use)."""
+        s = self.sigma
+        return (s.shape == (min(shape),) and bool(np.isfinite(s).all()) and bool((s >= 0).all())
+                and self.head.shape[0] == shape[0] and self.head_error.shape == (self.head.shape[1],)
+                and bool(np.isfinite(self.head).all()) and not bool((self.head_error < 0).any()))
+
+
 def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
     """All singular values and the first `vectors` (default all) left singular vectors of W, via
     the eigen-decomposition of the Gram matrix of its short side, in float64: a float32 solve would

@@ -82,6 +82,34 @@ def test_prioritised_matrix_goes_first(tiny):
     assert order[0] == last and len(order) == 14
 
 
+def test_two_phases_count_every_matrix_first_then_its_spectra_the_one_in_view_first(tiny):
+    """The TUI's scan: every matrix's counts (MatrixCounts, at the scan's k and ε), then every
+    spectrum (the full result replacing them), except that the matrix in view has its spectra
+    before anything; its counts are then not computed at all. Results end as a plain scan's."""
+    from spectui.intruders import MatrixCounts
+    from spectui.spectral import MatrixResult
+
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / "lora"), str(tiny / "full")])
+    events = []
+    scan = Scan(comparison, Cache(None), device="cpu", workers=1, counts=(10, 0.5), then_spectra=True,
+                on_event=lambda e: events.append(e) if isinstance(e, MatrixDone) else None)
+    viewed = scan.names[-1]
+    scan.prioritize(viewed)
+    scan.run()
+    kinds = [(e.name, type(e.result)) for e in events]
+    assert {name for name, _ in kinds[:2]} == {viewed} and all(kind is MatrixResult for _, kind in kinds[:2])
+    first_full = next(i for i, (name, kind) in enumerate(kinds) if kind is MatrixResult and name != viewed)
+    counted = [name for name, kind in kinds if kind is MatrixCounts]
+    assert all(kind is MatrixCounts for _, kind in kinds[2:first_full]) and viewed not in counted
+    assert set(counted) == set(scan.names) - {viewed}
+    assert scan.done == scan.total == 2 * len(scan.names) and scan.phase_done("counts") == len(scan.names)
+    plain = run(tiny, Cache(None), "lora", "full")
+    same_results(scan.results, plain.results)
+    for e in events:
+        if isinstance(e.result, MatrixCounts):
+            assert e.result.intruder_ranks(10, 0.5) == plain.results[(e.model, e.name)].intruder_ranks(10, 0.5)
+
+
 def test_cancel_stops_early_and_reports(tiny):
     comparison = open_comparison(str(tiny / "base"), [str(tiny / "full")])
     finished = []
@@ -246,11 +274,11 @@ def test_a_matrix_that_runs_out_of_gpu_memory_is_done_on_the_cpu(tiny, cache_dir
     real_scan_matrix = engine.Scan._scan_matrix
     failed = []
 
-    def on_device(self, name, device):
+    def on_device(self, name, phase, device):
         if device.type == "cuda":
             failed.append(name)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return real_scan_matrix(self, name, device)
+        return real_scan_matrix(self, name, phase, device)
 
     monkeypatch.setattr(engine.Scan, "_scan_matrix", on_device)
     monkeypatch.setattr(engine, "resolve_devices", lambda device: [torch.device("cuda", 0)])

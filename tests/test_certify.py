@@ -1,5 +1,6 @@
 """Counts without the base's vectors (`spectui.certify`, `spectui scan --counts-only`), proven
-against the naive algorithm (two full float64 SVDs): every flag the certificates give is the naive
+against the naive algorithm (two full float64 SVDs): every flag the certificates give — from
+products with W0 (`certify`) or on its tridiagonal reduction (`certify_reduced`) — is the naive
 flag, every bound holds, and what they cannot decide is left to the exact path — on planted mixes,
 near-threshold vectors, clustered and repeated singular values, rank-deficient and tall bases."""
 
@@ -14,8 +15,11 @@ import torch
 from naive import naive_max_cos
 
 from spectui import certify as certify_module
-from spectui.certify import certify, cosine_bounds, tuned_top
+from spectui import eigen
+from spectui.certify import certify, certify_reduced, cosine_bounds, tuned_top
 from spectui.spectral import singular_values
+
+ROUTES = ["bounds", "reduced"]
 
 
 def _orthonormal(rows: int, cols: int, gen) -> torch.Tensor:
@@ -64,11 +68,22 @@ def planted_mix(m: int, n: int, seed: int, near: float | None = None, sigma=None
     return w0.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()
 
 
-def agrees(w0, w, k=10, epsilon=0.5) -> bool | None:
+def flags_of(w0, w, k=10, epsilon=0.5, route="bounds"):
+    """The certificates' flags by one route, or None where they leave the matrix to the exact path."""
+    tuned = tuned_top(w, k)
+    if tuned is None:
+        return None
+    if route == "bounds":
+        return certify(w0, tuned, singular_values(w0).numpy(), epsilon)
+    reduction = eigen.reduce(eigen.gram(w0), scratch=True)
+    return certify_reduced(w0, reduction, reduction.eigenvalues(), tuned, epsilon)
+
+
+def agrees(w0, w, k=10, epsilon=0.5, route="bounds") -> bool | None:
     """True when the certificates decided and match the naive flags with every bound holding; None
     when they left the matrix to the exact path; an AssertionError when they are wrong."""
     reference = naive_max_cos(w0, w)[:k].numpy()
-    flags = certify(w0, w, singular_values(w0).numpy(), k, epsilon)
+    flags = flags_of(w0, w, k, epsilon, route)
     if flags is None:
         return None
     assert (flags.lower <= reference + 1e-9).all(), (flags.lower, reference)
@@ -86,19 +101,23 @@ SHAPES = [(256, 256), (128, 512), (512, 128), (384, 192)]
 @pytest.mark.parametrize("dense", [False, True])
 def test_planted_mixes_are_certified_with_the_naive_flags(shape, dense):
     decided = [agrees(*planted_mix(*shape, seed, dense=dense)) for seed in range(3)]
-    assert decided.count(True) >= 2  # the near-ε vector (±0.02) may leave one to the exact path
+    assert decided.count(True) >= 2  # the near-ε vector (±0.02) may leave one open
+    # on the reduction every one is decided: the near-ε vector's atom is measured exactly
+    assert all(agrees(*planted_mix(*shape, seed, dense=dense), route="reduced") for seed in range(3))
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("epsilon", [0.3, 0.7, 0.9])
-def test_other_thresholds(epsilon):
+def test_other_thresholds(epsilon, route):
     for seed in range(2):
-        agrees(*planted_mix(256, 192, seed), epsilon=epsilon)
+        agrees(*planted_mix(256, 192, seed), epsilon=epsilon, route=route)
 
 
-@pytest.mark.parametrize("offset", [-0.01, -0.002, 0.002, 0.01])
+@pytest.mark.parametrize("offset", [-0.01, -0.002, 0.002, 0.01, -1e-5, 1e-5])
 def test_near_threshold_vectors_are_right_or_left_to_the_exact_path(offset):
-    for shape in ((256, 256), (384, 128)):
+    for shape in ((256, 256), (384, 128), (128, 384)):
         agrees(*planted_mix(*shape, seed=5, near=0.5 + offset))
+        assert agrees(*planted_mix(*shape, seed=5, near=0.5 + offset), route="reduced")
 
 
 def test_repeated_and_clustered_base_singular_values():
@@ -109,9 +128,10 @@ def test_repeated_and_clustered_base_singular_values():
     sigma[:8] = torch.tensor([5.0, 5.0, 5.0, 4.0, 4.0 + 1e-9, 3.0, 2.0, 2.0 - 1e-9], dtype=torch.float64)
     sigma[8:] = torch.linspace(1.0, 0.1, r - 8, dtype=torch.float64).repeat_interleave(1)[: r - 8]
     sigma[8:40] = 1.0  # a flat block in the bulk
-    results = [agrees(*planted_mix(r, r, seed, sigma=sigma)) for seed in range(3)]
-    results += [agrees(*planted_mix(2 * r, r, seed, sigma=sigma)) for seed in range(2)]
-    assert True in results  # not everything falls back
+    for route in ROUTES:
+        results = [agrees(*planted_mix(r, r, seed, sigma=sigma), route=route) for seed in range(3)]
+        results += [agrees(*planted_mix(2 * r, r, seed, sigma=sigma), route=route) for seed in range(2)]
+        assert True in results  # not everything falls back
 
 
 def test_a_tuned_spectrum_with_a_repeated_top_value_is_left_to_the_exact_path():
@@ -127,7 +147,8 @@ def test_a_rank_deficient_tall_base_is_left_to_the_exact_path():
     gen = torch.Generator().manual_seed(4)
     w0 = (_orthonormal(300, 40, gen) @ torch.randn(40, 120, generator=gen, dtype=torch.float64)).float()
     w = w0 + 0.5 * torch.randn(300, 120, generator=gen)
-    assert certify(w0, w, singular_values(w0).numpy(), 10, 0.5) is None
+    for route in ROUTES:
+        assert flags_of(w0, w, route=route) is None
 
 
 def test_a_single_planted_intruder_above_the_base():
@@ -139,23 +160,36 @@ def test_a_single_planted_intruder_above_the_base():
         y = _unit(torch.randn(n, generator=gen, dtype=torch.float64))
         c = 2 * float(torch.linalg.matrix_norm(w0, ord=2))
         w0, w = w0.float(), (w0 + c * torch.outer(x, y)).float()
-        flags = certify(w0, w, singular_values(w0).numpy(), 10, 0.5)
-        assert flags is not None and flags.decided and flags.intruder_ranks() == [0]
+        for route in ROUTES:
+            flags = flags_of(w0, w, route=route)
+            assert flags is not None and flags.decided and flags.intruder_ranks() == [0]
 
 
-def test_what_the_bounds_leave_open_the_base_vectors_decide(monkeypatch):
-    """With a Lanczos budget too small to decide everything, W0's full decomposition (float32, as
-    the cache holds it) decides the rest, with the naive answer."""
+def test_what_the_bounds_leave_open_the_reduction_decides(monkeypatch):
+    """With a Lanczos budget too small for the bounds on W0 to decide, the reduction's exactly
+    measured atoms do, with the naive answer; on the reduction too a short budget only means more
+    atoms measured, never a wrong flag."""
     monkeypatch.setattr(certify_module, "_MAX_STEPS", 8)
     w0, w = planted_mix(384, 384, seed=5, near=0.502)
-    reference = naive_max_cos(w0, w)[:10].numpy()
-    flags = certify(w0, w, singular_values(w0).numpy(), 10, 0.5)
+    flags = flags_of(w0, w)
     assert flags is not None and not flags.decided
-    u0 = torch.linalg.svd(w0.double(), full_matrices=False).U.float()
-    settled = flags.with_base_vectors(u0)
-    assert settled.decided
-    assert settled.intruder_ranks() == [int(j) for j in np.flatnonzero(reference < np.float32(0.5))]
-    assert (settled.lower <= reference + 1e-9).all() and (settled.upper >= reference - 1e-9).all()
+    assert agrees(w0, w, route="reduced")
+    monkeypatch.setattr(certify_module, "_REDUCED_STEPS", 4)
+    assert agrees(w0, w, route="reduced")
+
+
+def test_a_split_tridiagonal_or_too_many_atoms_leave_the_matrix_to_the_exact_path(monkeypatch):
+    """A block-diagonal W0 makes T split (inverse iteration would have to be told the blocks); a
+    budget of measured atoms too small for the bounds: both undecided, never wrong."""
+    gen = torch.Generator().manual_seed(8)
+    w0 = torch.block_diag(torch.randn(60, 90, generator=gen), torch.randn(60, 90, generator=gen))
+    w = w0 + 0.3 * torch.randn(120, 180, generator=gen)
+    assert (eigen.reduce(eigen.gram(w0)).e == 0).any()
+    flags = flags_of(w0, w, route="reduced")
+    assert flags is not None and not flags.decided
+    assert agrees(w0, w, route="reduced") is None  # the bounds it gives still hold
+    monkeypatch.setattr(certify_module, "_MAX_MEASURED", 0)
+    assert flags_of(*planted_mix(256, 256, seed=1), route="reduced") is None
 
 
 def test_bounds_hold_whatever_the_threshold_stopped_at():
@@ -173,7 +207,7 @@ def test_random_battery_never_disagrees():
     """Random bases (i.i.d., heavy-tailed, low-rank plus noise) and updates of random rank and
     strength: every certified flag is the naive one; the share left to the exact path is reported."""
     gen = torch.Generator().manual_seed(11)
-    decided = total = 0
+    decided = reduced = total = 0
     for trial in range(24):
         m, n = (int(x) for x in torch.randint(64, 320, (2,), generator=gen))
         kind = trial % 3
@@ -190,10 +224,11 @@ def test_random_battery_never_disagrees():
                                                                                       dtype=torch.float64)
         w = w0 + strength * delta / float(torch.linalg.matrix_norm(delta, ord=2))
         epsilon = float(torch.rand(1, generator=gen)) * 0.8 + 0.1
-        outcome = agrees(w0.float(), w.float(), k=10, epsilon=epsilon)
         total += 1
-        decided += outcome is True
+        decided += agrees(w0.float(), w.float(), k=10, epsilon=epsilon) is True
+        reduced += agrees(w0.float(), w.float(), k=10, epsilon=epsilon, route="reduced") is True
     assert decided >= total // 2
+    assert reduced >= total - 2  # only unseparated tuned vectors or rank-deficient tall bases are left
 
 
 def test_counts_only_scan_matches_the_full_scan(tiny, cli, cache_dir):
@@ -207,9 +242,9 @@ def test_counts_only_scan_matches_the_full_scan(tiny, cli, cache_dir):
         assert {m["name"]: m["intruder_ranks"] for m in only["matrices"]} == \
                {m["name"]: m["intruder_ranks"] for m in whole["matrices"]}
         for m in only["matrices"]:
-            assert m["decided_by"] in ("bounds", "vectors", "exact")
+            assert m["decided_by"] in ("reduction", "exact")  # a cold scan reduces every W0
             assert all(lo <= hi for lo, hi in m["max_cos_bounds"])
-    assert sum(m["decided_by"]["bounds"] for m in counts["models"]) > 0
+    assert sum(m["decided_by"]["reduction"] for m in counts["models"]) > 0
     # the full results are cached now: a counts-only scan reads them
     again = cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--json", "--cache-dir", cache_dir)
     again = json.loads(again.out)
@@ -231,3 +266,65 @@ def test_counts_only_gate_and_csv(tiny, cli):
     assert over.code == 1 and "over --fail-over 0" in over.err
     csv_out = cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--no-cache", "--csv").out
     assert csv_out.splitlines()[0].endswith("decided_by")
+
+
+@pytest.mark.parametrize("shape", [(384, 384), (512, 192), (192, 512)])
+def test_the_head_vectors_are_within_their_error_bounds(shape):
+    """base_head's vectors against a float64 SVD's, signs aligned, each within its stated error."""
+    w0, _ = planted_mix(*shape, seed=2)
+    reduction = eigen.reduce(eigen.gram(w0), scratch=True)
+    head, error = certify_module.base_head(w0, reduction, reduction.eigenvalues())
+    u0 = torch.linalg.svd(w0.double(), full_matrices=False).U[:, : head.shape[1]].numpy()
+    signs = np.sign((u0 * head).sum(0))
+    distance = np.linalg.norm(u0 * signs - head, axis=0)
+    assert head.shape[1] == 32 and (distance <= error + 1e-6).all()
+    assert (error < 1e-6).sum() > 16  # separated top values: known to rounding
+
+
+@pytest.mark.parametrize("near", [0.51, 0.52])
+def test_the_cached_head_decides_a_vector_matched_in_the_bulk(near):
+    """A tuned vector matched with base vector 20 near ε is where Lanczos runs on W0 stay open (this
+    seed: found by a search over seeds); the cached head vectors measure that atom and decide it,
+    with the naive flags."""
+    shape = (384, 384)
+    w0, w = planted_mix(*shape, seed=4, near=near)
+    reference = naive_max_cos(w0, w)[:10].numpy()
+    reduction = eigen.reduce(eigen.gram(w0), scratch=True)
+    lam = reduction.eigenvalues()
+    head = certify_module.base_head(w0, reduction, lam)
+    tuned = tuned_top(w, 10)
+    sigma = np.sqrt(np.clip(lam, 0, None))[::-1]
+    gram = eigen.full_gram(w0) if shape[0] > shape[1] else None
+    assert not certify(w0, tuned, sigma, 0.5, gram).decided
+    flags = certify(w0, tuned, sigma, 0.5, gram, head)
+    assert flags.decided
+    assert flags.intruder_ranks() == [int(j) for j in np.flatnonzero(reference < np.float32(0.5))]
+    assert (flags.lower <= reference + 1e-9).all() and (flags.upper >= reference - 1e-9).all()
+    # a head whose errors are not small stands for nothing: the bounds alone again
+    untrusted = (head[0], np.full(head[1].shape, 1.0))
+    assert not certify(w0, tuned, sigma, 0.5, gram, untrusted).decided
+
+
+def test_a_second_model_on_a_cached_spectrum_is_certified_by_products_with_w0(tiny, cli, cache_dir):
+    """The first counts-only scan reduces every W0 and caches its spectrum and head; a second tuned
+    model's scan decides from products with W0 where it can; a spectrum entry that does not fit its
+    matrix (a damaged or foreign cache) is not used. Flags stay the full scan's."""
+    from safetensors.numpy import load_file
+
+    from spectui.cache import Cache
+
+    full = json.loads(cli("scan", tiny / "base", tiny / "full", "--json", "--no-cache").out)
+    cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--cache-dir", cache_dir)
+    second = json.loads(cli("scan", tiny / "base", tiny / "full", "--counts-only", "--json",
+                            "--cache-dir", cache_dir).out)
+    assert second["decided_by"]["bounds"] > 0
+    assert {m["name"]: m["intruder_ranks"] for m in second["matrices"]} == \
+           {m["name"]: m["intruder_ranks"] for m in full["matrices"]}
+    cache = Cache(cache_dir)
+    for file in (cache_dir / "spectrum").rglob("*.safetensors"):
+        arrays = load_file(file)
+        spectrum = cache.get_spectrum(file.stem)
+        rows, size = arrays["head"].shape[0], arrays["sigma"].size
+        shape = (rows, size) if size < rows else (rows, 10**6)
+        assert spectrum.head.shape == arrays["head"].shape and spectrum.fits(shape)
+        assert not spectrum.fits((rows + 1, shape[1])) and not spectrum.fits((rows, size - 1))

@@ -305,7 +305,7 @@ class SpectuiApp(App):
         self.open_matrix(message.name)
 
     def on_matrix_highlighted(self, message: MatrixHighlighted) -> None:
-        self.inspector.prioritize(message.name)
+        self.inspector.prioritize(message.name, spectra=False)
 
     # -- export -------------------------------------------------------------------------------
     def action_export(self) -> None:

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.experts import expert_of
 from spectui.checkpoint.names import MatrixSpec, layer_and_module, short_name
+from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K
 from spectui.finetune.runs import Run, RunError, State
+from spectui.intruders import MatrixCounts
 from spectui.results import ScanResults
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ class RowView:
     count: int = 0
     random_like: bool = False
     delta_rel_norm: float | None = None
+    spectra: bool = True  # False: its count is known (the counts phase), its spectra are still to come
 
 
 class Inspector:
@@ -92,7 +95,8 @@ class Inspector:
         self.phase = "starting"  # what the scan is doing before its first result, in words
         self._phase_since = time.monotonic()
         self._on_event: Callable[[ScanEvent], None] | None = None
-        self._wanted: list[str] = []
+        self._counts_at = (DEFAULT_K, DEFAULT_EPSILON)
+        self._wanted: list[tuple[str, bool]] = []
 
     # -- what there is ------------------------------------------------------------------------
     @property
@@ -118,17 +122,21 @@ class Inspector:
         return sum(s.reason == "1-D tensor" for s in self.comparison.tuned[model].pairing.skipped)
 
     # -- the scans ----------------------------------------------------------------------------
-    def start(self, on_event: Callable[[ScanEvent], None], models: list[int] | None = None) -> Scan:
-        """Scan the given tuned models (all at first); later calls add models to the comparison."""
+    def start(self, on_event: Callable[[ScanEvent], None], models: list[int] | None = None,
+              counts_at: tuple[int, float] = (DEFAULT_K, DEFAULT_EPSILON)) -> Scan:
+        """Scan the given tuned models (all at first); later calls add models to the comparison.
+        Two phases: every matrix's intruder counts at `counts_at` (minutes for an 8B pair where its
+        spectra take an hour on a CPU), then every spectrum, the matrix in view first."""
         self._set_phase("loading the scan engine (torch)")
         from spectui.engine import Scan
 
         self._set_phase("reading the checkpoints' headers")
         self._on_event = on_event
-        scan = Scan(self.comparison, self.cache(), device=self.device,
-                    workers=self.workers, on_event=on_event, models=models)
-        for name in self._wanted:
-            scan.prioritize(name)
+        self._counts_at = counts_at
+        scan = Scan(self.comparison, self.cache(), device=self.device, workers=self.workers,
+                    on_event=on_event, models=models, counts=counts_at, then_spectra=True)
+        for name, spectra in self._wanted:
+            scan.prioritize(name, spectra)
         self.scans.append(scan)
         self._set_phase("decomposing the first matrices")
         return scan.start()
@@ -150,13 +158,14 @@ class Inspector:
         """One more tuned model (a finished run's output): the base's decompositions are cached."""
         index = self.comparison.add(path)
         if self._on_event is not None:
-            self.start(self._on_event, models=[index])
+            self.start(self._on_event, models=[index], counts_at=self._counts_at)
         return index
 
-    def prioritize(self, name: str) -> None:
-        self._wanted = [name]
+    def prioritize(self, name: str, spectra: bool = True) -> None:
+        """The matrix the user opened (its spectra) or only highlights (its count) goes first."""
+        self._wanted = [(name, spectra)]
         for scan in self.scans:
-            scan.prioritize(name)
+            scan.prioritize(name, spectra)
 
     def stop(self) -> None:
         for scan in self.scans:
@@ -182,13 +191,24 @@ class Inspector:
 
     @property
     def results(self) -> dict[tuple[int, str], MatrixResult]:
+        """Every full result landed (the counts phase's are `counted`)."""
         merged = {}
         for scan in self.scans:
-            merged.update(scan.results)
+            merged.update((key, r) for key, r in list(scan.results.items()) if not isinstance(r, MatrixCounts))
         return merged
 
     def result(self, model: int, name: str) -> MatrixResult | None:
-        return next((s.results[(model, name)] for s in self.scans if (model, name) in s.results), None)
+        """The matrix's full result (spectra, vectors, every (k, ε)), once its second phase is done."""
+        found = self._landed(model, name)
+        return None if isinstance(found, MatrixCounts) else found
+
+    def counted(self, model: int, name: str) -> MatrixCounts | None:
+        """The matrix's counts at the scan's (k, ε) while its spectra are still to come."""
+        found = self._landed(model, name)
+        return found if isinstance(found, MatrixCounts) else None
+
+    def _landed(self, model: int, name: str):
+        return next((s.results[(model, name)] for s in reversed(self.scans) if (model, name) in s.results), None)
 
     def error(self, name: str) -> str | None:
         failed = next((s.errors[name] for s in self.scans if name in s.errors), None)
@@ -213,9 +233,12 @@ class Inspector:
     def row(self, model: int, name: str, k: int, epsilon: float) -> RowView:
         status = self.status(model, name)
         result = self.result(model, name)
-        if result is None:
-            return RowView(status)
-        return RowView(status, result.intruders(k, epsilon), result.base_random_like, result.delta_rel_norm)
+        if result is not None:
+            return RowView(status, result.intruders(k, epsilon), result.base_random_like, result.delta_rel_norm)
+        counts = self.counted(model, name)
+        if counts is not None and status == "pending" and k <= counts.k and epsilon == counts.epsilon:
+            return RowView("done", counts.intruders(k, epsilon), spectra=False)
+        return RowView(status)
 
     @property
     def scan_results(self) -> ScanResults:
@@ -223,7 +246,8 @@ class Inspector:
         return ScanResults(self.comparison, self.results, self.errors)
 
     def total(self, model: int, k: int, epsilon: float) -> int:
-        return self.scan_results.total(model, k, epsilon)
+        """Intruders in the matrices whose count is known at (k, ε), counts phase included."""
+        return sum(self.row(model, e.name, k, epsilon).count for e in self.entries(model) if e.spec is not None)
 
     def epsilon_curves(self, k: int) -> list[tuple[str, list[int]]]:
         """(label, intruders at each ε of EPSILON_SWEEP) for every tuned model: the Fig. 4 plot."""
@@ -231,8 +255,7 @@ class Inspector:
         return [(label, list(scan.epsilon_curve(i, k).values())) for i, label in enumerate(self.labels)]
 
     def with_intruders(self, model: int, k: int, epsilon: float) -> list[str]:
-        return [e.name for e in self.entries(model)
-                if (r := self.result(model, e.name)) is not None and r.intruders(k, epsilon)]
+        return [e.name for e in self.entries(model) if e.spec is not None and self.row(model, e.name, k, epsilon).count]
 
     @property
     def progress(self) -> tuple[int, int, float | None]:
@@ -249,6 +272,14 @@ class Inspector:
     def finished(self) -> bool:
         return bool(self.scans) and all(s.finished for s in self.scans)
 
+    @property
+    def phases(self) -> list[tuple[str, int, int]]:
+        """(phase, matrices through it, matrices) over the scans still running."""
+        running = [s for s in self.scans if not s.finished]
+        phases = dict.fromkeys(p for s in running for p in s.phases)
+        return [(p, sum(s.phase_done(p) for s in running if p in s.phases),
+                 sum(len(s.names) for s in running if p in s.phases)) for p in phases]
+
     def matrices_per_model(self) -> list[int]:
         """How many matrices each tuned model has to scan (a scan's total counts base matrices
         once, however many models change them)."""
@@ -258,8 +289,7 @@ class Inspector:
         """One line on where the model's intruders are: module types and layers that hold most."""
         counts = []
         for entry in self.entries(model):
-            result = self.result(model, entry.name)
-            if result is not None and (count := result.intruders(k, epsilon)):
+            if entry.spec is not None and (count := self.row(model, entry.name, k, epsilon).count):
                 counts.append((entry.layer, entry.module, count))
         return where_intruders(counts)
 

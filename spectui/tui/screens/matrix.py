@@ -62,7 +62,7 @@ class MatrixScreen(ResultsScreen):
         app, ins = self.app, self.inspector
         model, k, eps = app.model, app.k, app.epsilon
         result = ins.result(model, self.matrix)
-        state = (self.matrix, model, k, eps, self.overlay, frozenset(
+        state = (self.matrix, model, k, eps, self.overlay, ins.counted(model, self.matrix) is not None, frozenset(
             i for i in range(len(ins.labels)) if ins.result(i, self.matrix) is not None))
         if state == self._shown:
             return
@@ -80,6 +80,11 @@ class MatrixScreen(ResultsScreen):
                 info.update(f"{title} — not scanned for {ins.labels[model]}: {reason}")
             elif error := ins.error(self.matrix):
                 info.update(f"{title} — [red]failed:[/] {error}")
+            elif (view := ins.row(model, self.matrix, k, eps)).status == "done":
+                ranks = ins.counted(model, self.matrix).intruder_ranks(k, eps)
+                where = f" at ranks {formats.ranks(ranks)} ({formats.RANKS_FROM})" if ranks else ""
+                info.update(f"{title} {spec.shape[0]}×{spec.shape[1]} · [b]{view.count}[/] intruders{where} "
+                            f"(k={k}, ε={eps:.2f}) — spectra computing (moved to the front of the queue)…")
             else:
                 info.update(f"{title} {spec.shape[0]}×{spec.shape[1]} — computing (moved to the front of the queue)…")
             return

@@ -89,8 +89,9 @@ class OverviewScreen(ResultsScreen):
         if scan.identical_to_base(model):
             text.append("identical to the base", style="bold reverse")
             return text.append(f": the fine-tune changed nothing (all {s.matrices} matrices equal the base's)")
-        text.append(str(s.total), style="bold")
-        text.append(f" intruders in {s.with_intruders}/{s.matrices} matrices")
+        # the counts phase's matrices count too (ScanResults holds full results only)
+        text.append(str(ins.total(model, k, eps)), style="bold")
+        text.append(f" intruders in {len(ins.with_intruders(model, k, eps))}/{s.matrices} matrices")
         if unchanged := len(scan.unchanged(model)):
             text.append(f" · {unchanged} unchanged")
         text.append(f" · k={k} ε={eps:.2f}\n")

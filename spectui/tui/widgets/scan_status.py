@@ -34,7 +34,7 @@ class ScanStatus(Horizontal):
         done, total, eta = ins.progress
         self.query_one(ProgressBar).update(total=max(total, 1), progress=done)
         text = status_text(done, total, eta, ins.finished, len(ins.errors), ins.matrices_per_model(),
-                           ins.phase, ins.phase_seconds, ins.paused, ins.from_cache)
+                           ins.phase, ins.phase_seconds, ins.paused, ins.from_cache, ins.phases)
         if text != self._text:
             self._text = text
             self.query_one("#scan-label", Label).update(text)
@@ -42,17 +42,19 @@ class ScanStatus(Horizontal):
 
 def status_text(done: int, total: int, eta: float | None, finished: bool, failed: int,
                 per_model: list[int], phase: str, phase_seconds: float, paused: bool = False,
-                from_cache: int = 0) -> str:
-    """The status line: the phase until results come, then matrices done and the ETA; a scan taken
-    up again says how much it found done."""
+                from_cache: int = 0, phases: list[tuple[str, int, int]] | None = None) -> str:
+    """The status line: the phase until results come, then matrices done in each of the scan's
+    phases (counts, then spectra) and the ETA; a scan taken up again says how much it found done."""
+    steps = [f"{name} {through}/{of}" for name, through, of in phases or []]
+    progress = " · ".join(steps) if len(steps) > 1 else f"{done}/{total} matrices"
     if finished:
         text = f"scan complete · {_matrices(per_model)}" + (f" · {from_cache} cached" if from_cache else "")
     elif paused:
-        text = f"paused · {done}/{total} matrices · P goes on"
+        text = f"paused · {progress} · P goes on"
     elif done == 0:
         text = f"{phase}… {duration(phase_seconds)} · the list is browsable meanwhile"
     else:
-        text = f"{done}/{total} matrices" + ("" if eta is None else f" · ETA {duration(eta)}")
+        text = progress + ("" if eta is None else f" · ETA {duration(eta)}")
     if failed:
         text += f" · [red]{failed} failed[/]"
     return text
