@@ -21,16 +21,19 @@ import torch
 from spectui import lapack
 
 
-def gram(w: torch.Tensor) -> torch.Tensor:
+def gram(w: torch.Tensor, minus: torch.Tensor | None = None) -> torch.Tensor:
     """W Wᵀ or Wᵀ W (float64), whichever is smaller: its eigenvalues are the squared singular values
-    of W. On the CPU W stays in its own precision, converted a slab at a time."""
+    of W. On the CPU W stays in its own precision, converted a slab at a time. With `minus`, the
+    Gram of W − minus (a dense ΔW), on the CPU without a matrix-sized difference."""
     m, n = w.shape
     if not _on_lapack(w):
-        w = w.to(torch.float64)
+        w = w.to(torch.float64) - (0 if minus is None else minus.to(torch.float64))
         return w @ w.T if m <= n else w.T @ w
     if w.dtype not in (torch.float32, torch.float64):
         w = w.to(torch.float32)
-    return torch.from_numpy(lapack.gram_lower(w.numpy()))
+    if minus is not None and minus.dtype not in (torch.float32, torch.float64):
+        minus = minus.to(torch.float32)
+    return torch.from_numpy(lapack.gram_lower(w.numpy(), minus=None if minus is None else minus.numpy()))
 
 
 def full_gram(w: torch.Tensor) -> torch.Tensor:

@@ -74,11 +74,11 @@ def _call(name: str, *args) -> None:
         raise np.linalg.LinAlgError(f"LAPACK {name} failed (info={info.value})")
 
 
-def gram_lower(w: np.ndarray, chunk: int = 512) -> np.ndarray:
+def gram_lower(w: np.ndarray, chunk: int = 512, minus: np.ndarray | None = None) -> np.ndarray:
     """The smaller of W Wᵀ and Wᵀ W for a row-major W of any float dtype, lower triangle only
     (BLAS dsyrk: half the work of a product), column-major. W is converted to float64 a slab of
     `chunk` rows (or columns) at a time and the slabs' Grams summed, so a float32 W is never held
-    twice in float64."""
+    twice in float64. With `minus`, the Gram of W − minus, which is never formed whole either."""
     m, n = w.shape
     size = min(m, n)
     out = np.zeros((size, size), order="F")
@@ -86,8 +86,10 @@ def gram_lower(w: np.ndarray, chunk: int = 512) -> np.ndarray:
     for start in range(0, max(m, n), chunk):
         # W Wᵀ sums S Sᵀ over column slabs S, Wᵀ W sums Sᵀ S over row slabs; either way the slab,
         # stored row-major as c × size, is the column-major size × c matrix A whose A Aᵀ is added
-        part = w[:, start: start + chunk].T if m <= n else w[start: start + chunk]
-        slab = np.ascontiguousarray(part, dtype=np.float64)
+        cut = np.s_[:, start: start + chunk] if m <= n else np.s_[start: start + chunk]
+        slab = np.array(w[cut].T if m <= n else w[cut], dtype=np.float64, order="C")
+        if minus is not None:
+            slab -= minus[cut].T if m <= n else minus[cut]
         _routine("dsyrk")(b"L", b"N", _i(size), _i(slab.shape[0]), one, _d(slab), _i(size), one, _d(out), _i(size))
     return out
 

@@ -112,9 +112,10 @@ def _left_from_right(w: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> t
     return u
 
 
-def singular_values(w: torch.Tensor) -> torch.Tensor:
-    """All singular values, descending; float64 so the tail of a low-rank ΔW stays near zero."""
-    return singular_values_of_gram(eigen.gram(w), scratch=True)
+def singular_values(w: torch.Tensor, minus: torch.Tensor | None = None) -> torch.Tensor:
+    """All singular values (of W − `minus` where given), descending; float64 so the tail of a
+    low-rank ΔW stays near zero."""
+    return singular_values_of_gram(eigen.gram(w, minus), scratch=True)
 
 
 def singular_values_of_gram(gram: torch.Tensor, scratch: bool = False) -> torch.Tensor:
@@ -392,10 +393,8 @@ def compare(
         sigma_delta = low_rank_singular_values(*delta_factors, size=size)
         energy = _low_rank_energies(basis, *delta_factors)
     else:
-        delta = w - w0
-        sigma_delta = singular_values(delta)
-        energy = _dense_energies(basis, delta)
-        del delta
+        sigma_delta = singular_values(w, minus=w0)
+        energy = _dense_energies(basis, w, w0)
     base_norm = float(base.sigma.pow(2).sum().sqrt())
     delta_norm = float(sigma_delta.pow(2).sum().sqrt())
     sigma_base = base.sigma.numpy()
@@ -415,10 +414,16 @@ def compare(
     )
 
 
-def _dense_energies(basis: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """‖bᵀ ΔW‖² for each column b of `basis` (float64 on the CPU). The product is float32 like the
-    matrices (a relative error ~1e-6 of ‖ΔW‖², far below what the shares are read at)."""
-    projected = basis.to(delta.device).T @ delta
+_DELTA_ROWS = 2048  # rows of a dense ΔW = W − W0 formed at a time
+
+
+def _dense_energies(basis: torch.Tensor, w: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """‖bᵀ ΔW‖² for each column b of `basis` (float64 on the CPU), ΔW a slab of rows at a time. The
+    product is float32 like the matrices (a relative error ~1e-6 of ‖ΔW‖², far below what the
+    shares are read at)."""
+    basis = basis.to(w.device)
+    projected = sum(basis[i: i + _DELTA_ROWS].T @ (w[i: i + _DELTA_ROWS] - w0[i: i + _DELTA_ROWS])
+                    for i in range(0, w.shape[0], _DELTA_ROWS))
     return projected.double().pow(2).sum(dim=1).cpu()
 
 

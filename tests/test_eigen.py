@@ -118,3 +118,20 @@ def test_a_refused_scipy_reads_unusable(monkeypatch):
     finally:
         lapack._routine.cache_clear()
         lapack.usable.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(300, 1100), (1100, 300)])
+def test_the_gram_of_a_difference_is_that_of_the_difference_formed_whole(shape, monkeypatch):
+    """A dense ΔW's Gram from W and W0 a slab at a time (no ΔW-sized temporary), on LAPACK and on
+    torch's path, against the difference formed whole in float64."""
+    from spectui import lapack
+
+    rng = np.random.default_rng(5)
+    w0 = torch.from_numpy(rng.standard_normal(shape)).to(torch.bfloat16)
+    w = (w0.double() + 0.01 * torch.from_numpy(rng.standard_normal(shape))).to(torch.bfloat16)
+    delta = w.double() - w0.double()
+    expected = delta @ delta.T if shape[0] <= shape[1] else delta.T @ delta
+    lower = eigen.gram(w, minus=w0).numpy()
+    np.testing.assert_allclose(np.tril(lower), np.tril(expected.numpy()), rtol=1e-10, atol=1e-12)
+    monkeypatch.setattr(lapack, "usable", lambda: False)
+    np.testing.assert_allclose(eigen.gram(w, minus=w0).numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
