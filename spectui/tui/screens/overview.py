@@ -74,10 +74,12 @@ class OverviewScreen(ResultsScreen):
         self.query_one(OverviewGrid).show(model, k, eps)
         self.query_one("#totals", Static).update(self._totals(model, k, eps))
         self._grid_note()
-        curves = ins.epsilon_curves(k)
+        # every ε needs the spectra phase's max|cos|: during the counts phase the curve would read 0
+        curves = ins.epsilon_curves(k) if ins.results else []
+        title = f"intruders vs ε (k={k})" + ("" if curves else ": once the spectra land")
         if (curves, k, eps) != self._curves:  # plotext redraws are the costliest part of a refresh
             self._curves = (curves, k, eps)
-            self.query_one(CurvePlot).show(list(EPSILON_SWEEP), curves, f"intruders vs ε (k={k})", "ε", mark=eps)
+            self.query_one(CurvePlot).show(list(EPSILON_SWEEP), curves, title, "ε", mark=eps)
 
     def _totals(self, model: int, k: int, eps: float) -> Text:
         """The model's totals and where its intruders are; in words when the fine-tune changed
