@@ -74,7 +74,6 @@ class Flags:
     lower: np.ndarray  # max_i |u0_iᵀ u_j| ≥ lower[j]
     upper: np.ndarray  # max_i |u0_iᵀ u_j| ≤ upper[j]
     epsilon: float  # as every reader compares it: float32 (intruders.py)
-    tuned: TunedTop
 
     @property
     def decided(self) -> bool:
@@ -97,7 +96,7 @@ def certify(w0: torch.Tensor, tuned: TunedTop, base_sigma: np.ndarray, epsilon: 
     if m > n and not lam[0] > 1e-10 * lam[-1]:
         return None  # a zero σ of a tall W0: its left vector is any null vector, so no bound holds
     lower, upper = cosine_bounds(w0.to(torch.float32), tuned.u, lam, epsilon, tuned.error, gram, head)
-    return Flags(lower=lower, upper=upper, epsilon=epsilon, tuned=tuned)
+    return Flags(lower=lower, upper=upper, epsilon=epsilon)
 
 
 # -- products with W, on blocks of row vectors (x @ W is the fast form in every BLAS tried) -----
@@ -315,7 +314,7 @@ def certify_reduced(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, tun
     atoms[measured] = np.minimum(cosines + errors, 1.0)
     lower = np.maximum((cosines - errors).max(axis=0, initial=0.0) - slack, 0.0)
     upper = np.minimum(atoms.max(axis=0) + slack, 1.0)
-    return Flags(lower=lower, upper=upper, epsilon=epsilon, tuned=tuned)
+    return Flags(lower=lower, upper=upper, epsilon=epsilon)
 
 
 def _tridiagonal_pairs(reduction: Reduction, lam: np.ndarray, chosen: np.ndarray,
