@@ -328,3 +328,29 @@ def test_a_second_model_on_a_cached_spectrum_is_certified_by_products_with_w0(ti
         shape = (rows, size) if size < rows else (rows, 10**6)
         assert spectrum.head.shape == arrays["head"].shape and spectrum.fits(shape)
         assert not spectrum.fits((rows + 1, shape[1])) and not spectrum.fits((rows, size - 1))
+
+
+def test_a_spectrum_entry_that_does_not_fit_its_matrix_is_recomputed(tiny, cli, cache_dir):
+    """A spectrum entry with a valid digest but another matrix's shape (a foreign or hand-made cache)
+    is not used: the counts are the full scan's, and the entry is written again as it should be."""
+    import numpy as np_
+
+    from spectui.cache import Cache
+    from spectui.spectral import BaseSpectrum
+
+    full = json.loads(cli("scan", tiny / "base", tiny / "lora", "--json", "--no-cache").out)
+    cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--cache-dir", cache_dir)
+    cache = Cache(cache_dir)
+    keys = [file.stem for file in (cache_dir / "spectrum").rglob("*.safetensors")]
+    sizes = {}
+    for key in keys:
+        good = cache.get_spectrum(key)
+        sizes[key] = good.sigma.size
+        cache.put_spectrum(key, BaseSpectrum(good.sigma[:-1], np_.zeros((3, 2), np_.float32), np_.zeros(2)))
+    again = cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--json", "--cache-dir", cache_dir)
+    assert again.code == 0, again.err
+    counts = json.loads(again.out)
+    assert {m["name"]: m["intruder_ranks"] for m in counts["matrices"]} == \
+           {m["name"]: m["intruder_ranks"] for m in full["matrices"]}
+    assert counts["decided_by"]["reduction"] == len(counts["matrices"])  # none trusted the bad entries
+    assert all(Cache(cache_dir).get_spectrum(key).sigma.size == size for key, size in sizes.items())
