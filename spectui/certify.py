@@ -45,7 +45,7 @@ from spectui.eigen import Reduction
 _BLOCK_EXTRA = 8  # Krylov block = k + this: the vectors just below the top k converge with them
 _TUNED_ERROR = 1e-4  # stop refining the tuned vectors once each is this close (‖ũ − u‖)
 _MAX_BASIS = 24  # Krylov blocks before the tuned vectors are taken as they are
-_MAX_STEPS = 48  # Lanczos steps before a vector is left open (to W0's vectors)
+_MAX_STEPS = 48  # Lanczos steps on W0 before a vector is left open (to the reduction)
 _FIRST_CHECK, _CHECK_EVERY = 8, 4  # bounds are read after these Lanczos steps (each read costs a little)
 _ROUNDING = 1e-4  # added to each Christoffel bound on c²: the float32 products the search runs on
 _REDUCED_STEPS = 96  # Lanczos steps on a tridiagonal T (cheap: O(n) a product; the re-orthogonalisation is not)
@@ -84,7 +84,7 @@ class Flags:
 
 
 def certify(w0: torch.Tensor, tuned: TunedTop, base_sigma: np.ndarray, epsilon: float,
-            gram: torch.Tensor | None = None, head=None) -> Flags | None:
+            gram: torch.Tensor | None = None, head: tuple[np.ndarray, np.ndarray] | None = None) -> Flags | None:
     """Bounds on the tuned top vectors' max|cos| of W0 → W from products with W0 alone, each run
     until it decides the flag at ε or gives up (near ε, clustered spectra: `Flags.decided`; then
     `certify_reduced`); None when W0 is tall and rank-deficient (the exact path then). `gram`: W0's
@@ -190,7 +190,7 @@ def _angle_bounds(theta: torch.Tensor, rho: torch.Tensor, k: int) -> np.ndarray:
 
 def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: float,
                   tuned_error: np.ndarray | None = None, gram: torch.Tensor | None = None,
-                  head=None) -> tuple[np.ndarray, np.ndarray]:
+                  head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper bounds on max_i |u0_iᵀ u_j| for each column u_j of `u`, from Lanczos runs on
     W0's Gram (`lam`: its eigenvalues, ascending), each run stopped once its bounds leave ε on one
     side (or after _MAX_STEPS). `tuned_error` widens them by how far each u_j may be from the true.
@@ -222,10 +222,7 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
             return x @ g
     else:
         apply = _gram_op(w0.to(torch.float32), left=True)
-    # how far rounding in the products may move the measure's atoms (a generous multiple of
-    # √(long side) units of the precision, times ‖W0‖²)
-    precision = torch.finfo(torch.float64 if gram is not None else torch.float32).eps
-    blur = 4 * math.sqrt(max(m, n)) * precision * float(lam[-1])
+    blur = _blur(w0.shape, lam, torch.float64 if gram is not None else torch.float32)
     known, head_lo, head_hi = _head_atoms(head, u, lam.size)
     lower, upper = np.maximum(head_lo - slack, 0.0), np.ones(b)
     basis = torch.zeros(b, steps_max + 1, dim, dtype=torch.float64)
@@ -275,23 +272,19 @@ def certify_reduced(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, tun
         return None
     x = _times(tuned.u.T, w0).T if tall else tuned.u
     t = torch.from_numpy(reduction.to_tridiagonal(x.numpy()))
-    size = t.norm(dim=0).numpy()  # ‖y_j‖ (tall) or 1
-    scale = (size**2)[None, :] / lam[:, None] if tall else np.ones((lam.size, t.shape[1]))
-    d, e = torch.from_numpy(reduction.d), torch.from_numpy(reduction.e)
+    size = t.norm(dim=0)  # ‖y_j‖ (tall) or 1
+    scale = (size.numpy() ** 2)[None, :] / lam[:, None] if tall else np.ones((lam.size, t.shape[1]))
 
-    def apply(rows):  # rows ↦ rows T
-        out = rows * d
-        out[:, :-1] += rows[:, 1:] * e
-        out[:, 1:] += rows[:, :-1] * e
-        return out
+    def apply(rows):  # rows ↦ rows T (T is symmetric)
+        return torch.from_numpy(reduction.times(rows.numpy().T).T)
 
     runs, dim = t.shape[1], t.shape[0]
     steps = min(_REDUCED_STEPS, dim)
     basis = torch.zeros(runs, steps + 1, dim, dtype=torch.float64)
-    basis[:, 0] = (t / t.norm(dim=0).clamp_min(1e-300)).T
+    basis[:, 0] = (t / size.clamp_min(1e-300)).T
     alpha, beta = np.zeros((runs, steps)), np.zeros((runs, steps))
     active, length = np.arange(runs), np.full(runs, steps)
-    blur = 4 * math.sqrt(max(m, n)) * torch.finfo(torch.float64).eps * float(lam[-1])
+    blur = _blur(w0.shape, lam)
     slack = tuned.error
     for step in range(steps):
         norms = _lanczos_step(apply, basis, alpha, beta, active, step)
@@ -325,11 +318,7 @@ def _tridiagonal_pairs(reduction: Reduction, lam: np.ndarray, chosen: np.ndarray
     z = reduction.tridiagonal_vectors(lam[chosen]) if chosen.size else np.zeros((lam.size, 0))
     if z is None:
         return None, np.full(chosen.size, np.inf)
-    d, e = reduction.d, reduction.e
-    image = d[:, None] * z
-    image[:-1] += e[:, None] * z[1:]
-    image[1:] += e[:, None] * z[:-1]
-    rho = np.linalg.norm(image - z * lam[chosen], axis=0) + blur
+    rho = np.linalg.norm(reduction.times(z) - z * lam[chosen], axis=0) + blur
     neighbours = np.abs(lam[None, :] - lam[chosen][:, None])
     neighbours[np.arange(chosen.size), chosen] = np.inf
     gap = neighbours.min(axis=1, initial=np.inf) - 2 * rho
@@ -345,7 +334,8 @@ def _measured_atoms(reduction: Reduction, lam: np.ndarray, measured: np.ndarray,
     return np.abs(z.T @ t), angle[:, None] * np.linalg.norm(t, axis=0)[None, :]
 
 
-def base_head(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, count: int = HEAD_VECTORS):
+def base_head(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray,
+              count: int = HEAD_VECTORS) -> tuple[np.ndarray, np.ndarray]:
     """W0's top `count` left singular vectors (float32 columns, descending) from its reduction, and a
     bound on each one's error: what a second tuned model's bounds (`certify`) measure the head of
     the spectrum with, where Lanczos converges slowest for a vector matched to it. A tall W0's
@@ -354,7 +344,7 @@ def base_head(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, count: in
     size = lam.size
     chosen = np.arange(size - min(count, size), size)[::-1]
     chosen = chosen[lam[chosen] > 1e-10 * max(float(lam[-1]), 1e-300)]
-    blur = 4 * math.sqrt(max(m, n)) * torch.finfo(torch.float64).eps * float(lam[-1])
+    blur = _blur(w0.shape, lam)
     z, angle = _tridiagonal_pairs(reduction, lam, np.sort(chosen), blur)
     if z is None or not chosen.size:
         return np.zeros((m, 0), dtype=np.float32), np.zeros(0)
@@ -364,6 +354,12 @@ def base_head(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, count: in
         v = _times_t(v.T.contiguous(), w0).T / torch.from_numpy(sigma)
         angle = angle * sigma[0] / sigma
     return v.to(torch.float32).numpy(), angle.copy()
+
+
+def _blur(shape, lam: np.ndarray, dtype: torch.dtype = torch.float64) -> float:
+    """How far rounding in products at `dtype` may move the measure's atoms: a generous multiple of
+    √(long side) units of the precision, times ‖W0‖² (the largest eigenvalue)."""
+    return 4 * math.sqrt(max(shape)) * torch.finfo(dtype).eps * float(lam[-1])
 
 
 def _lanczos_step(apply, basis: torch.Tensor, alpha: np.ndarray, beta: np.ndarray, active: np.ndarray,
@@ -387,7 +383,8 @@ def _lanczos_step(apply, basis: torch.Tensor, alpha: np.ndarray, beta: np.ndarra
     return norms.numpy()
 
 
-def _head_atoms(head, u: torch.Tensor, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _head_atoms(head: tuple[np.ndarray, np.ndarray] | None, u: torch.Tensor,
+                size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The atoms of W0's trusted head vectors (indices into the ascending spectrum), and bounds on the
     largest |u0_iᵀ u_j| among them."""
     b = u.shape[1]

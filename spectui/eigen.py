@@ -106,6 +106,13 @@ class Reduction:
         except np.linalg.LinAlgError:
             return None
 
+    def times(self, x: np.ndarray) -> np.ndarray:
+        """T x for columns x (float64)."""
+        out = self.d[:, None] * x
+        out[:-1] += self.e[:, None] * x[1:]
+        out[1:] += self.e[:, None] * x[:-1]
+        return out
+
     def from_tridiagonal(self, z: np.ndarray) -> np.ndarray:
         """Q z: T's coordinates to G's."""
         return self._apply(z, transpose=False)

@@ -95,7 +95,6 @@ class Inspector:
         self.phase = "starting"  # what the scan is doing before its first result, in words
         self._phase_since = time.monotonic()
         self._on_event: Callable[[ScanEvent], None] | None = None
-        self._counts_at = (DEFAULT_K, DEFAULT_EPSILON)
         self._wanted: list[tuple[str, bool]] = []
 
     # -- what there is ------------------------------------------------------------------------
@@ -122,19 +121,17 @@ class Inspector:
         return sum(s.reason == "1-D tensor" for s in self.comparison.tuned[model].pairing.skipped)
 
     # -- the scans ----------------------------------------------------------------------------
-    def start(self, on_event: Callable[[ScanEvent], None], models: list[int] | None = None,
-              counts_at: tuple[int, float] = (DEFAULT_K, DEFAULT_EPSILON)) -> Scan:
+    def start(self, on_event: Callable[[ScanEvent], None], models: list[int] | None = None) -> Scan:
         """Scan the given tuned models (all at first); later calls add models to the comparison.
-        Two phases: every matrix's intruder counts at `counts_at` (minutes for an 8B pair where its
-        spectra take an hour on a CPU), then every spectrum, the matrix in view first."""
+        Two phases: every matrix's intruder count at the paper's k and ε (minutes for an 8B pair
+        where its spectra take an hour on a CPU), then every spectrum, the matrix in view first."""
         self._set_phase("loading the scan engine (torch)")
         from spectui.engine import Scan
 
         self._set_phase("reading the checkpoints' headers")
         self._on_event = on_event
-        self._counts_at = counts_at
         scan = Scan(self.comparison, self.cache(), device=self.device, workers=self.workers,
-                    on_event=on_event, models=models, counts=counts_at, then_spectra=True)
+                    on_event=on_event, models=models, counts=(DEFAULT_K, DEFAULT_EPSILON), then_spectra=True)
         for name, spectra in self._wanted:
             scan.prioritize(name, spectra)
         self.scans.append(scan)
@@ -158,7 +155,7 @@ class Inspector:
         """One more tuned model (a finished run's output): the base's decompositions are cached."""
         index = self.comparison.add(path)
         if self._on_event is not None:
-            self.start(self._on_event, models=[index], counts_at=self._counts_at)
+            self.start(self._on_event, models=[index])
         return index
 
     def prioritize(self, name: str, spectra: bool = True) -> None:

@@ -82,8 +82,9 @@ class MatrixScreen(ResultsScreen):
                 info.update(f"{title} — [red]failed:[/] {error}")
             elif (view := ins.row(model, self.matrix, k, eps)).status == "done":
                 ranks = ins.counted(model, self.matrix).intruder_ranks(k, eps)
-                where = f" at ranks {formats.ranks(ranks)} ({formats.RANKS_FROM})" if ranks else ""
-                info.update(f"{title} {spec.shape[0]}×{spec.shape[1]} · [b]{view.count}[/] intruders{where} "
+                plural = "" if len(ranks) == 1 else "s"
+                where = f" at rank{plural} {formats.ranks(ranks)} ({formats.RANKS_FROM})" if ranks else ""
+                info.update(f"{title} {spec.shape[0]}×{spec.shape[1]} · [b]{view.count}[/] intruder{plural}{where} "
                             f"(k={k}, ε={eps:.2f}) — spectra computing (moved to the front of the queue)…")
             else:
                 info.update(f"{title} {spec.shape[0]}×{spec.shape[1]} — computing (moved to the front of the queue)…")
