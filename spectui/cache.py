@@ -107,12 +107,11 @@ class Cache:
         if not file.is_file():
             self.misses += 1
             return None
-        from safetensors import safe_open
+        from spectui.checkpoint.files import read_safetensors
 
         try:
-            with safe_open(str(file), framework="np") as fh:
-                meta = dict(fh.metadata() or {})
-                arrays = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118 (not iterable)
+            tensors, meta = read_safetensors(file)
+            arrays = {name: t.numpy() for name, t in tensors.items()}
             if meta.pop("digest", None) != _entry_digest(key, arrays, meta):
                 raise ValueError("digest mismatch")
             if {name: (a.ndim, a.dtype.kind) for name, a in arrays.items()} != expected:

@@ -39,7 +39,8 @@ def share(names: Sequence[str], costs: dict[str, int], rank: int, size: int) -> 
 
 
 def scan(comparison: Comparison, cache, device: str, workers: int | None,
-         on_event: Callable | None, rank: int, size: int, counts: tuple[int, float] | None = None):
+         on_event: Callable | None, rank: int, size: int, counts: tuple[int, float] | None = None,
+         memory: int | None = None):
     """Scan this rank's share (`counts`: only the flags at (k, ε), as `engine.Scan`); rank 0 returns
     every rank's results and failures, the others None."""
     import torch
@@ -58,7 +59,7 @@ def scan(comparison: Comparison, cache, device: str, workers: int | None,
         costs = {name: matrix_cost(comparison.spec(name).shape) for name in names}
         mine = share(names, costs, rank, size)
         part = Scan(comparison, cache, device=device, workers=workers, on_event=on_event, names=mine,
-                    counts=counts).run()
+                    counts=counts, memory=memory).run()
         payload = ({key: result.to_arrays() for key, result in part.results.items()}, part.errors)
         gathered = [None] * size if rank == 0 else None
         dist.gather_object(payload, gathered, dst=0)

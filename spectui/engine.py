@@ -191,6 +191,24 @@ def _limit_lapack_threads(threads: int) -> None:
     threadpool_limits(limits=threads, user_api="blas")
 
 
+def job_bytes(shape: tuple[int, int]) -> int:
+    """What one matrix job holds at its peak on the CPU, measured on 8B-sized matrices (bench/README.md):
+    W0, W and W0's left vectors in float32 with what reading them passes through (≈ 10 bytes per
+    element of the matrix), and Gram-sized float64 arrays with the eigen-solver's workspace (≈ 24
+    bytes per element of the smaller Gram)."""
+    m, n = shape
+    return 10 * m * n + 24 * min(m, n) ** 2
+
+
+def default_memory() -> int:
+    """Half the memory available when the scan starts (unknown: no limit)."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return int(fields["MemAvailable"].split()[0]) * 1024 // 2
+    except (OSError, KeyError, ValueError, IndexError):
+        return 1 << 62
+
+
 def default_workers(devices: list[torch.device]) -> int:
     """On the CPU two single-threaded solves beat one two-threaded one (LAPACK's eigen-solvers scale
     poorly); on GPUs two workers each, so one reads the next matrix while the other computes."""
@@ -212,13 +230,16 @@ class Scan:
         names: Collection[str] | None = None,
         counts: tuple[int, float] | None = None,
         then_spectra: bool = False,
+        memory: int | None = None,
     ):
         """`models`: indices of the tuned models to scan (all by default), e.g. one just added;
         `names`: the base matrices to scan (all those the models change by default), e.g. one
         rank's share of a distributed scan; `counts`: (k, ε) to find only the flags there
         (`MatrixCounts`, certified without the base's vectors where `certify` can) instead of
         every spectrum; with `then_spectra`, every matrix's counts first and then its spectra (the
-        full `MatrixResult`, replacing the counts), a prioritized matrix's spectra before anything."""
+        full `MatrixResult`, replacing the counts), a prioritized matrix's spectra before anything;
+        `memory`: bytes the jobs in hand may hold together (`job_bytes`; default `default_memory`): a
+        worker takes a smaller job, or waits, rather than exceed it, and a job larger than it runs alone."""
         self.comparison = comparison
         self.models = list(range(len(comparison.tuned))) if models is None else models
         self.cache = cache
@@ -233,6 +254,9 @@ class Scan:
         self.errors: dict[str, MatrixFailed] = {}
         self.phases = ("spectra",) if counts is None else ("counts", "spectra") if then_spectra else ("counts",)
         self._cost = {name: matrix_cost(comparison.spec(name).shape) for name in self.names}
+        self.memory = memory or default_memory()
+        self._bytes = {name: job_bytes(comparison.spec(name).shape) for name in self.names}
+        self._held = 0  # job_bytes of the jobs in hand
         self._done: set[tuple[str, str]] = set()  # (phase, name) jobs
         self._taken: set[tuple[str, str]] = set()
         self._order = itertools.count()
@@ -327,22 +351,43 @@ class Scan:
 
     # -- workers ------------------------------------------------------------------------------
     def _next(self) -> tuple[str, str] | None:
-        """The next (phase, name) job; none for a matrix that failed, and no counts once its spectra
-        were taken."""
+        """The next (phase, name) job that fits in memory beside the jobs in hand (waiting for one to
+        finish when none does); none for a matrix that failed, and no counts once its spectra were
+        taken."""
         with self._lock:
-            self._lock.wait_for(lambda: not self._paused or self._cancelled)
-            while self._queue and not self._cancelled:
-                _, _, phase, name = heapq.heappop(self._queue)
-                job = (phase, name)
-                if job in self._taken:
-                    continue
+            while True:
+                self._lock.wait_for(lambda: not self._paused or self._cancelled)
+                job, waiting = self._fitting_job()
+                if job is not None:
+                    self._taken.add(job)
+                    self._running[job] = time.monotonic()
+                    self._held += self._bytes[job[1]]
+                    return job
+                if not waiting or self._cancelled:
+                    return None
+                self._lock.wait()  # a job in hand finishing frees its memory
+
+    def _fitting_job(self) -> tuple[tuple[str, str] | None, bool]:
+        """The most urgent job that fits, and whether any too large to fit now are left (called
+        holding the lock)."""
+        passed, found = [], None
+        while self._queue and not self._cancelled:
+            entry = heapq.heappop(self._queue)
+            job = (phase, name) = entry[2:]
+            if job in self._taken:
+                continue
+            if name in self.errors or phase == "counts" and ("spectra", name) in self._taken:
                 self._taken.add(job)
-                if name in self.errors or phase == "counts" and ("spectra", name) in self._taken:
-                    self._done.add(job)
-                    continue
-                self._running[job] = time.monotonic()
-                return job
-            return None
+                self._done.add(job)
+                continue
+            if self._running and self._held + self._bytes[name] > self.memory:
+                passed.append(entry)
+                continue
+            found = job
+            break
+        for entry in passed:
+            heapq.heappush(self._queue, entry)
+        return found, bool(passed)
 
     def _work(self, device: torch.device) -> None:
         # The heavy solves run in LAPACK, on the cores each worker was given; torch's own thread
@@ -366,6 +411,8 @@ class Scan:
                 seconds = time.monotonic() - self._running.pop(job)
                 self._times[phase].add(self.comparison.spec(name).shape, self._cost[name], seconds, computed)
                 self._done.add(job)
+                self._held -= self._bytes[name]
+                self._lock.notify_all()
         with self._lock:
             self._live -= 1
             if self._live == 0:
@@ -409,6 +456,7 @@ class Scan:
             return self._count_matrix(name, device, w0, base_key)
         self._use(comparison.base.path, "base", base_key)
         base = None
+        last = next((i for i in reversed(self.models) if comparison.tuned[i].spec(name) is not None), None)
         for index, model, spec, w in self._tuned(name):
             if torch.equal(w, w0):  # the fine-tune left it as it was: no decomposition, nothing to cache
                 if base is None:
@@ -426,10 +474,13 @@ class Scan:
                 solver = solver_device(device)
                 base = base or self.cache.get_decomposition(base_key)
                 if base is None:  # decomposing W0 is this matrix's memory peak: W is read again after it
-                    del w
+                    w = None
                     base = self._decompose_base(base_key, w0, solver)
+                if factors is not None and index == last:  # W0 is not needed again: one matrix less held
+                    w0 = None
+                if w is None:
                     w = load_matrix(model.source, spec.tuned_name, spec)
-                result = compare(base, w0.to(solver), w.to(solver), factors)
+                result = compare(base, None if w0 is None else w0.to(solver), w.to(solver), factors)
                 self.cache.put_result(key, result)
                 computed = True
             else:

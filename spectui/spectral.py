@@ -374,13 +374,14 @@ class MatrixResult:
 
 def compare(
     base: Decomposition,
-    w0: torch.Tensor,
+    w0: torch.Tensor | None,
     w: torch.Tensor,
     delta_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> MatrixResult:
     """The paper's per-matrix analysis of W0 → W, given W0's (cached) decomposition, and the
     follow-up metrics' ingredients (a T×T block of Uᵀ U0 and ‖ΔW‖² along 2T vectors: a few
-    matrix-vector products beside the decomposition)."""
+    matrix-vector products beside the decomposition). W0 itself is only read for a dense ΔW = W − W0;
+    with ΔW's low-rank factors it may be None (one matrix less in memory)."""
     tuned = decompose(w, vectors=TOP_VECTORS)
     base_u = base.u.to(tuned.u.device)
     cos = (tuned.u.T @ base_u).abs()

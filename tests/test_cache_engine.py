@@ -291,3 +291,35 @@ def test_a_matrix_that_runs_out_of_gpu_memory_is_done_on_the_cpu(tiny, cache_dir
     assert not scan.errors and len(failed) == len(notices) == len(scan.names) > 0
     assert all("computed on the CPU" in n for n in notices)
     same_results(scan.results, expected)
+
+
+@pytest.mark.parametrize("budget", ["none fits beside another", "the largest beside the smallest"])
+def test_jobs_in_hand_never_hold_more_than_the_memory_budget(tiny, monkeypatch, budget):
+    comparison = open_comparison(str(tiny / "base"), [str(tiny / "full")])
+    sizes = sorted({engine.job_bytes(comparison.spec(n).shape) for n in comparison.matrix_names()})
+    assert len(sizes) > 1  # matrices of several shapes
+    memory = 1 if budget == "none fits beside another" else sizes[-1] + sizes[0]
+    held, peaks, lock = [], [], threading.Lock()
+    real = Scan._scan_on
+
+    def watched(self, name, phase, device):
+        with lock:
+            held.append(engine.job_bytes(comparison.spec(name).shape))
+            peaks.append((len(held), sum(held)))
+        time.sleep(0.02)  # long enough for the other worker to take a job beside this one
+        try:
+            return real(self, name, phase, device)
+        finally:
+            with lock:
+                held.remove(engine.job_bytes(comparison.spec(name).shape))
+
+    monkeypatch.setattr(Scan, "_scan_on", watched)
+    scan = Scan(comparison, Cache(None), device="cpu", workers=2, memory=memory).run()
+    assert scan.done == scan.total and not scan.errors
+    if memory == 1:  # every job is larger than the budget: each runs alone
+        assert max(count for count, _ in peaks) == 1
+    else:
+        assert all(total <= memory for count, total in peaks if count > 1)
+        assert max(count for count, _ in peaks) == 2  # small jobs still ran beside large ones
+    monkeypatch.undo()
+    same_results(scan.results, run(tiny, Cache(None), "full").results)

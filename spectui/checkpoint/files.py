@@ -235,8 +235,12 @@ MAX_HEADER_BYTES = 100 << 20  # the safetensors format's own limit
 
 
 def _safetensors_infos(file: Path) -> list[TensorInfo]:
+    return _safetensors_header(file)[0]
+
+
+def _safetensors_header(file: Path) -> tuple[list[TensorInfo], dict]:
     """Parse and check the header ourselves, every value before it is used: truncation, garbage and
-    hostile headers get one sentence naming the file and the tensor."""
+    hostile headers get one sentence naming the file and the tensor. Also the `__metadata__` table."""
     size = regular_file(file, CheckpointError)
     try:
         with open(file, "rb") as fh:
@@ -252,9 +256,19 @@ def _safetensors_infos(file: Path) -> list[TensorInfo]:
     header = parse_json(raw, file, CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(file, "is not a valid safetensors file (header is not a table)")
+    metadata = header.get("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CheckpointError(file, "has a malformed __metadata__ table (not text values)")
     data_len = size - 8 - header_len
     return [_tensor_info(file, name, meta, 8 + header_len, data_len)
-            for name, meta in header.items() if name != "__metadata__"]
+            for name, meta in header.items() if name != "__metadata__"], metadata
+
+
+def read_safetensors(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor of a small safetensors file (a cache entry), and its metadata: read into memory
+    once, not memory-mapped, so a file as large as a matrix does not count twice in resident memory."""
+    infos, metadata = _safetensors_header(file)
+    return {info.name: _read_safetensor(info) for info in infos}, metadata
 
 
 def _tensor_info(file: Path, name: str, meta, data_start: int, data_len: int) -> TensorInfo:

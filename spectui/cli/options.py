@@ -95,6 +95,9 @@ def scan_options() -> argparse.ArgumentParser:
     opts.add_argument("--device", type=device_value, default="auto",
                       help="auto (every GPU when there are any), cpu, cuda (every GPU), cuda:N, cuda:0,1")
     opts.add_argument("--workers", type=workers_value, default=None, help="parallel matrix jobs")
+    opts.add_argument("--memory", type=size_value, default=None, metavar="SIZE",
+                      help="memory the matrix jobs may hold together; a job waits rather than exceed it "
+                           "(default: half the memory available)")
     opts.add_argument("--cache-dir", type=Path, default=None, help="default: $XDG_CACHE_HOME/spectui")
     opts.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     opts.add_argument("--cache-max", type=size_value, default=None, metavar="SIZE",
@@ -182,7 +185,7 @@ def scan_from_args(args, comparison=None, progress: bool = True):
 
     if ranks:
         gathered = distributed.scan(comparison, cache, args.device, args.workers, tell_failure, *ranks,
-                                    counts=counts_wanted(args))
+                                    counts=counts_wanted(args), memory=args.memory)
         if gathered is None:
             raise SystemExit(0)
         results = ScanResults(comparison, *gathered)
@@ -224,7 +227,7 @@ def _scan(comparison, cache, args, bar, tell_failure, events):
         tell_failure(event)
 
     scan = Scan(comparison, cache, device=args.device, workers=args.workers, on_event=on_event,
-                counts=counts_wanted(args))
+                counts=counts_wanted(args), memory=args.memory)
     bar.update(task, total=scan.total)
     scan.start()
     while not scan.wait(timeout=0.1):

@@ -35,6 +35,6 @@ def run(args) -> int:
     from spectui.tui.inspector import Inspector
 
     inspector = Inspector(comparison, cache_root(args), device=args.device, workers=args.workers,
-                          cache_max=args.cache_max)
+                          cache_max=args.cache_max, memory=args.memory)
     SpectuiApp(inspector, k=args.k, epsilon=args.eps, export_dir=args.export_dir).run()
     return 0

@@ -84,12 +84,13 @@ class RowView:
 
 class Inspector:
     def __init__(self, comparison: Comparison, cache_root: Path | None, device: str = "auto",
-                 workers: int | None = None, cache_max: int | None = None):
+                 workers: int | None = None, cache_max: int | None = None, memory: int | None = None):
         self.comparison = comparison
         self.cache_root = cache_root
         self.cache_max = cache_max
         self.device = device
         self.workers = workers
+        self.memory = memory
         self.scans: list[Scan] = []
         self.warn: Callable[[str], None] = lambda message: None  # told once, from a worker thread
         self.phase = "starting"  # what the scan is doing before its first result, in words
@@ -130,7 +131,7 @@ class Inspector:
 
         self._set_phase("reading the checkpoints' headers")
         self._on_event = on_event
-        scan = Scan(self.comparison, self.cache(), device=self.device, workers=self.workers,
+        scan = Scan(self.comparison, self.cache(), device=self.device, workers=self.workers, memory=self.memory,
                     on_event=on_event, models=models, counts=(DEFAULT_K, DEFAULT_EPSILON), then_spectra=True)
         for name, spectra in self._wanted:
             scan.prioritize(name, spectra)
