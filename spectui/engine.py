@@ -449,59 +449,59 @@ class Scan:
 
     def _scan_matrix(self, name: str, phase: str, device: torch.device) -> bool:
         comparison = self.comparison
-        computed = False
-        w0 = load_matrix(comparison.base, name, comparison.spec(name))
-        base_key = tensor_digest(w0)
+        w0 = _Weight(comparison.base, name, comparison.spec(name))
         if phase == "counts":
-            return self._count_matrix(name, device, w0, base_key)
-        self._use(comparison.base.path, "base", base_key)
+            return self._count_matrix(name, device, w0)
+        self._use(comparison.base.path, "base", w0.key)
+        computed = False
         base = None
         last = next((i for i in reversed(self.models) if comparison.tuned[i].spec(name) is not None), None)
-        for index, model, spec, w in self._tuned(name):
-            if torch.equal(w, w0):  # the fine-tune left it as it was: no decomposition, nothing to cache
-                if base is None:
-                    base = self.cache.get_decomposition(base_key)
-                sigma = base.sigma if base is not None else singular_values(w0.to(solver_device(device)))
-                self.results[(index, name)] = result = unchanged_result(sigma, (w0.shape[0], w0.shape[1]))
-                self.on_event(MatrixDone(name, index, result, cached=False))
-                continue
+        for index, model, spec in self._tuned(name):
             factors = model.source.delta_factors(spec)
-            key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
+            w = _Weight(model.source, spec.tuned_name, spec, factors)
+            key = tensor_digest(w0.key, w.key, "low-rank delta" if factors else "dense delta")
             self._use(model.path, "pair", key)
-            result = self.cache.get_result(key)
-            cached = result is not None
-            if result is None:
-                solver = solver_device(device)
-                base = base or self.cache.get_decomposition(base_key)
-                if base is None:  # decomposing W0 is this matrix's memory peak: W is read again after it
-                    w = None
-                    base = self._decompose_base(base_key, w0, solver)
-                if factors is not None and index == last:  # W0 is not needed again: one matrix less held
-                    w0 = None
-                if w is None:
-                    w = load_matrix(model.source, spec.tuned_name, spec)
-                result = compare(base, None if w0 is None else w0.to(solver), w.to(solver), factors)
-                self.cache.put_result(key, result)
-                computed = True
-            else:
+            if (result := self.cache.get_result(key)) is not None:
                 self.from_cache += 1
-            self.results[(index, name)] = result
-            self.on_event(MatrixDone(name, index, result, cached))
+                self._done_with(name, index, result, cached=True)
+                continue
+            solver = solver_device(device)
+            if w.key == w0.key or torch.equal(w.matrix(), w0.matrix()):
+                # the fine-tune left it as it was: no decomposition, nothing to cache
+                base = base or self.cache.get_decomposition(w0.key)
+                sigma = base.sigma if base is not None else singular_values(w0.matrix().to(solver))
+                self._done_with(name, index, unchanged_result(sigma, w0.shape), cached=False)
+                continue
+            base = base or self.cache.get_decomposition(w0.key)
+            if base is None:  # decomposing W0 is this matrix's memory peak: W is read again after it
+                w.release()
+                base = self._decompose_base(w0.key, w0.matrix(), solver)
+            if factors is not None and index == last:  # W0 is not needed again: one matrix less held
+                w0.release()
+            result = compare(base, None if factors is not None else w0.matrix().to(solver), w.matrix().to(solver),
+                             factors)
+            self.cache.put_result(key, result)
+            computed = True
+            self._done_with(name, index, result, cached=False)
         return computed
 
+    def _done_with(self, name: str, index: int, result: MatrixResult, cached: bool) -> None:
+        self.results[(index, name)] = result
+        self.on_event(MatrixDone(name, index, result, cached))
+
     def _tuned(self, name: str):
-        """(index, model, spec, W) for each tuned model that changes base matrix `name`, W read
-        only when its turn comes (one tuned matrix in memory at a time)."""
+        """(index, model, spec) for each tuned model that changes base matrix `name`, in turn (its W
+        is read then: one tuned matrix in memory at a time)."""
         for index in self.models:
             model = self.comparison.tuned[index]
             spec = model.spec(name)
             if spec is not None and not self._cancelled:
-                yield index, model, spec, load_matrix(model.source, spec.tuned_name, spec)
+                yield index, model, spec
 
     def _use(self, path: Path, kind: str, key: str) -> None:
         self._used.setdefault(path, {}).setdefault(kind, set()).add(key)
 
-    def _count_matrix(self, name: str, device: torch.device, w0: torch.Tensor, base_key: str) -> bool:
+    def _count_matrix(self, name: str, device: torch.device, w0: _Weight) -> bool:
         """The counts phase of one base matrix: per tuned model, a cached full result if there is
         one; else, with W0's spectrum cached, the certificates on products with W0; else, or where
         those leave a vector open, the certificates on W0's Gram reduced to tridiagonal form (its
@@ -513,55 +513,58 @@ class Scan:
         computed = False
         spectrum = gram = reduction = None
         tall = w0.shape[0] > w0.shape[1]
-        for index, model, spec, w in self._tuned(name):
-            top = min(k, *w.shape)
-            if torch.equal(w, w0):
-                ones = np.ones(top)
-                self._counted(name, index, MatrixCounts(tuple(w.shape), k, epsilon, ones, ones, "unchanged"), False)
-                continue
+        for index, model, spec in self._tuned(name):
+            top = min(k, *w0.shape)
             factors = model.source.delta_factors(spec)
-            key = tensor_digest(base_key, w, "low-rank delta" if factors else "dense delta")
+            weight = _Weight(model.source, spec.tuned_name, spec, factors)
+            key = tensor_digest(w0.key, weight.key, "low-rank delta" if factors else "dense delta")
             if (result := self.cache.get_result(key)) is not None:
                 self._use(model.path, "pair", key)
                 self.from_cache += self.phases == ("counts",)  # else the spectra phase reads it again
                 found = result.max_cos[:top].astype(np.float64)
-                self._counted(name, index, MatrixCounts(tuple(w.shape), k, epsilon, found, found, "cache"), True)
+                self._counted(name, index, MatrixCounts(w0.shape, k, epsilon, found, found, "cache"), True)
                 continue
+            if weight.key == w0.key or torch.equal(weight.matrix(), w0.matrix()):
+                ones = np.ones(top)
+                self._counted(name, index, MatrixCounts(w0.shape, k, epsilon, ones, ones, "unchanged"), False)
+                continue
+            w = weight.matrix()
             if spectrum is None:
-                self._use(self.comparison.base.path, "spectrum", base_key)
-                spectrum = self.cache.get_spectrum(base_key)
-                if spectrum is not None and not spectrum.fits(tuple(w0.shape)):
+                self._use(self.comparison.base.path, "spectrum", w0.key)
+                spectrum = self.cache.get_spectrum(w0.key)
+                if spectrum is not None and not spectrum.fits(w0.shape):
                     spectrum = None
             # the certificates run on the CPU (their GPU path is not written yet)
             tuned = tuned_top(w, top)
             flags, how = None, "bounds"
             if tuned is not None and spectrum is not None and reduction is None:
                 if tall and gram is None:
-                    gram = full_gram(w0)  # the bounds' products; the reduction's input if they fall short
-                flags = certify(w0, tuned, spectrum.sigma, epsilon, gram, (spectrum.head, spectrum.head_error))
+                    gram = full_gram(w0.matrix())  # the bounds' products; the reduction's input if they fall short
+                flags = certify(w0.matrix(), tuned, spectrum.sigma, epsilon, gram, (spectrum.head, spectrum.head_error))
             if tuned is not None and (flags is None or not flags.decided):
                 if reduction is None:
-                    reduction = reduce(gram if gram is not None else gram_of(w0), scratch=True)
+                    reduction = reduce(gram if gram is not None else gram_of(w0.matrix()), scratch=True)
                     gram = None
                     if reduction is not None:
                         lam = reduction.eigenvalues()
                         if spectrum is None:
                             sigma = np.sqrt(np.clip(lam, 0, None))[::-1].copy()
-                            spectrum = BaseSpectrum(sigma, *base_head(w0, reduction, lam))
-                            self.cache.put_spectrum(base_key, spectrum)
+                            spectrum = BaseSpectrum(sigma, *base_head(w0.matrix(), reduction, lam))
+                            self.cache.put_spectrum(w0.key, spectrum)
                 if reduction is not None:
-                    flags, how = certify_reduced(w0, reduction, lam, tuned, epsilon), "reduction"
+                    flags, how = certify_reduced(w0.matrix(), reduction, lam, tuned, epsilon), "reduction"
             if flags is not None and flags.decided:
-                counts = MatrixCounts(tuple(w.shape), k, epsilon, flags.lower, flags.upper, how)
+                counts = MatrixCounts(w0.shape, k, epsilon, flags.lower, flags.upper, how)
             else:
                 how = "exact"
                 reduction = gram = None  # W0's decomposition is the bigger peak
-                base = self._base_vectors(base_key, w0, solver_device(device))
+                solver = solver_device(device)
+                base = self._base_vectors(w0.key, w0.matrix(), solver)
                 self._use(model.path, "pair", key)
-                result = compare(base, w0.to(solver_device(device)), w.to(solver_device(device)), factors)
+                result = compare(base, w0.matrix().to(solver), w.to(solver), factors)
                 self.cache.put_result(key, result)
                 found = result.max_cos[:top].astype(np.float64)
-                counts = MatrixCounts(tuple(w.shape), k, epsilon, found, found, how)
+                counts = MatrixCounts(w0.shape, k, epsilon, found, found, how)
             self.fallbacks += how == "exact"
             computed = True
             self._counted(name, index, counts, False)
@@ -582,6 +585,30 @@ class Scan:
         base = decompose(w0.to(device))
         self.cache.put_decomposition(base_key, base)
         return base
+
+
+class _Weight:
+    """One matrix of one model as its job needs it. The cache key hashes what is stored (or a low-rank
+    update's factors), so a job whose results are cached costs reading and hashing those bytes; the
+    float32 matrix the computations take (`load_matrix`: oriented, checked finite) is made only when
+    one runs, and may be let go and read again."""
+
+    def __init__(self, source, name: str, spec, factors: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.source, self.name, self.spec = source, name, spec
+        self.shape = tuple(spec.shape)
+        self._stored = None if factors is not None else source.load(name)
+        orientation = "transposed" if spec.transposed else "as stored"
+        self.key = tensor_digest(*(factors or (self._stored,)), orientation)
+        self._matrix: torch.Tensor | None = None
+
+    def matrix(self) -> torch.Tensor:
+        if self._matrix is None:
+            self._matrix = load_matrix(self.source, self.name, self.spec, stored=self._stored)
+            self._stored = None
+        return self._matrix
+
+    def release(self) -> None:
+        self._stored = self._matrix = None
 
 
 def unchanged_result(sigma: torch.Tensor, shape: tuple[int, int]) -> MatrixResult:

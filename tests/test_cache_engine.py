@@ -323,3 +323,18 @@ def test_jobs_in_hand_never_hold_more_than_the_memory_budget(tiny, monkeypatch, 
         assert max(count for count, _ in peaks) == 2  # small jobs still ran beside large ones
     monkeypatch.undo()
     same_results(scan.results, run(tiny, Cache(None), "full").results)
+
+
+@pytest.mark.parametrize("tuned", ["lora", "full"])
+def test_a_fully_cached_scan_only_reads_and_hashes_the_stored_tensors(tiny, cache_dir, monkeypatch, tuned):
+    first = run(tiny, Cache(cache_dir), tuned)
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("a cached matrix was turned into float32")
+
+    monkeypatch.setattr(engine, "load_matrix", no_conversion)
+    again = run(tiny, Cache(cache_dir), tuned)
+    assert not again.errors and again.from_cache == len(first.results)
+    same_results(first.results, again.results)
+    counted = run(tiny, Cache(cache_dir), tuned, counts=(10, 0.5))
+    assert not counted.errors and {r.decided_by for r in counted.results.values()} == {"cache"}

@@ -112,11 +112,12 @@ def _fmt(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def load_matrix(source, key: str, spec: MatrixSpec) -> torch.Tensor:
-    """One matrix in (out, in) orientation as float32; non-finite weights are bad input."""
+def load_matrix(source, key: str, spec: MatrixSpec, stored: torch.Tensor | None = None) -> torch.Tensor:
+    """One matrix in (out, in) orientation as float32 (from the tensor as `stored`, when already read);
+    non-finite weights are bad input."""
     import numpy as np
 
-    w = source.load(key).float()
+    w = (source.load(key) if stored is None else stored).float()
     rows = w.numpy().reshape(w.shape[0], -1) if w.ndim else w.numpy().reshape(1, 1)
     # numpy's check (far faster than torch's on one thread), a slab at a time (no matrix-sized mask)
     if not all(np.isfinite(rows[i: i + 1024]).all() for i in range(0, rows.shape[0], 1024)):
