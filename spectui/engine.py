@@ -373,7 +373,7 @@ class Scan:
         passed, found = [], None
         while self._queue and not self._cancelled:
             entry = heapq.heappop(self._queue)
-            job = (phase, name) = entry[2:]
+            phase, name = job = entry[2:]
             if job in self._taken:
                 continue
             if name in self.errors or phase == "counts" and ("spectra", name) in self._taken:
@@ -457,16 +457,14 @@ class Scan:
         base = None
         last = next((i for i in reversed(self.models) if comparison.tuned[i].spec(name) is not None), None)
         for index, model, spec in self._tuned(name):
-            factors = model.source.delta_factors(spec)
-            w = _Weight(model.source, spec.tuned_name, spec, factors)
-            key = tensor_digest(w0.key, w.key, "low-rank delta" if factors else "dense delta")
+            w, factors, key = _tuned_weight(w0, model, spec)
             self._use(model.path, "pair", key)
             if (result := self.cache.get_result(key)) is not None:
                 self.from_cache += 1
                 self._done_with(name, index, result, cached=True)
                 continue
             solver = solver_device(device)
-            if w.key == w0.key or torch.equal(w.matrix(), w0.matrix()):
+            if w.same_as(w0):
                 # the fine-tune left it as it was: no decomposition, nothing to cache
                 base = base or self.cache.get_decomposition(w0.key)
                 sigma = base.sigma if base is not None else singular_values(w0.matrix().to(solver))
@@ -515,16 +513,14 @@ class Scan:
         tall = w0.shape[0] > w0.shape[1]
         for index, model, spec in self._tuned(name):
             top = min(k, *w0.shape)
-            factors = model.source.delta_factors(spec)
-            weight = _Weight(model.source, spec.tuned_name, spec, factors)
-            key = tensor_digest(w0.key, weight.key, "low-rank delta" if factors else "dense delta")
+            weight, factors, key = _tuned_weight(w0, model, spec)
             if (result := self.cache.get_result(key)) is not None:
                 self._use(model.path, "pair", key)
                 self.from_cache += self.phases == ("counts",)  # else the spectra phase reads it again
                 found = result.max_cos[:top].astype(np.float64)
                 self._counted(name, index, MatrixCounts(w0.shape, k, epsilon, found, found, "cache"), True)
                 continue
-            if weight.key == w0.key or torch.equal(weight.matrix(), w0.matrix()):
+            if weight.same_as(w0):
                 ones = np.ones(top)
                 self._counted(name, index, MatrixCounts(w0.shape, k, epsilon, ones, ones, "unchanged"), False)
                 continue
@@ -609,6 +605,17 @@ class _Weight:
 
     def release(self) -> None:
         self._stored = self._matrix = None
+
+    def same_as(self, other: _Weight) -> bool:
+        """Equal matrices: the same stored bytes, or equal once in float32 (read only then)."""
+        return self.key == other.key or torch.equal(self.matrix(), other.matrix())
+
+
+def _tuned_weight(w0: _Weight, model, spec) -> tuple[_Weight, tuple[torch.Tensor, torch.Tensor] | None, str]:
+    """A tuned model's matrix, its ΔW's low-rank factors (None: dense) and the pair's cache key."""
+    factors = model.source.delta_factors(spec)
+    w = _Weight(model.source, spec.tuned_name, spec, factors)
+    return w, factors, tensor_digest(w0.key, w.key, "low-rank delta" if factors else "dense delta")
 
 
 def unchanged_result(sigma: torch.Tensor, shape: tuple[int, int]) -> MatrixResult:
