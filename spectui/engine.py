@@ -110,6 +110,13 @@ def solver_device(device: torch.device) -> torch.device:
     return device if _fp64_ratio(device.index or 0) < FP64_SLOW else torch.device("cpu")
 
 
+def certifies(device: torch.device) -> bool:
+    """Whether a counts job on `device` runs the certificates (`certify`, on the CPU) rather than
+    W0's full decomposition: on a GPU whose float64 is fast the decomposition takes well under a
+    second, less than the certificates' products take on the CPU, and it answers the spectra too."""
+    return solver_device(device).type == "cpu"
+
+
 @functools.cache
 def _fp64_ratio(index: int) -> float:
     import time as clock
@@ -504,13 +511,15 @@ class Scan:
         one; else, with W0's spectrum cached, the certificates on products with W0; else, or where
         those leave a vector open, the certificates on W0's Gram reduced to tridiagonal form (its
         spectrum cached: it is all a second tuned model needs of W0); what none decides (tuned vectors
-        not separated, a vector within rounding of ε) goes to the exact path."""
+        not separated, a vector within rounding of ε) goes to the exact path, as everything does on a
+        GPU with fast float64 (`certifies`)."""
         from spectui.certify import base_head, certify, certify_reduced, tuned_top
 
         k, epsilon = self.counts
         computed = False
         spectrum = gram = reduction = None
         tall = w0.shape[0] > w0.shape[1]
+        certified = certifies(device)
         for index, model, spec in self._tuned(name):
             top = min(k, *w0.shape)
             weight, factors, key = _tuned_weight(w0, model, spec)
@@ -525,13 +534,12 @@ class Scan:
                 self._counted(name, index, MatrixCounts(w0.shape, k, epsilon, ones, ones, "unchanged"), False)
                 continue
             w = weight.matrix()
-            if spectrum is None:
+            if certified and spectrum is None:
                 self._use(self.comparison.base.path, "spectrum", w0.key)
                 spectrum = self.cache.get_spectrum(w0.key)
                 if spectrum is not None and not spectrum.fits(w0.shape):
                     spectrum = None
-            # the certificates run on the CPU (their GPU path is not written yet)
-            tuned = tuned_top(w, top)
+            tuned = tuned_top(w, top) if certified else None
             flags, how = None, "bounds"
             if tuned is not None and spectrum is not None and reduction is None:
                 if tall and gram is None:
@@ -555,13 +563,13 @@ class Scan:
                 how = "exact"
                 reduction = gram = None  # W0's decomposition is the bigger peak
                 solver = solver_device(device)
+                self.fallbacks += certified
                 base = self._base_vectors(w0.key, w0.matrix(), solver)
                 self._use(model.path, "pair", key)
                 result = compare(base, w0.matrix().to(solver), w.to(solver), factors)
                 self.cache.put_result(key, result)
                 found = result.max_cos[:top].astype(np.float64)
                 counts = MatrixCounts(w0.shape, k, epsilon, found, found, how)
-            self.fallbacks += how == "exact"
             computed = True
             self._counted(name, index, counts, False)
         return computed

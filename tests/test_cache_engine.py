@@ -293,6 +293,33 @@ def test_a_matrix_that_runs_out_of_gpu_memory_is_done_on_the_cpu(tiny, cache_dir
     same_results(scan.results, expected)
 
 
+def test_counts_on_a_gpu_with_fast_float64_decompose_w0_instead_of_certifying(tiny, cache_dir, monkeypatch):
+    """The GPU path's choice, run on the CPU: where W0's decomposition runs on a GPU with fast float64,
+    the counts take it at once (it answers the spectra too) and never run the CPU certificates; a GPU
+    with slow float64 leaves the solves to the CPU, and the certificates run."""
+    import torch
+
+    import spectui.certify as certify
+
+    monkeypatch.setattr(engine, "_fp64_ratio", lambda index: 2.0)
+    assert not engine.certifies(torch.device("cuda", 0))
+    monkeypatch.setattr(engine, "_fp64_ratio", lambda index: 32.0)
+    assert engine.certifies(torch.device("cuda", 0)) and engine.certifies(torch.device("cpu"))
+
+    def no_certificates(*args, **kwargs):
+        raise AssertionError("the certificates ran")
+
+    monkeypatch.setattr(engine, "certifies", lambda device: False)
+    monkeypatch.setattr(certify, "tuned_top", no_certificates)
+    counted = run(tiny, Cache(cache_dir), "lora", counts=(10, 0.5))
+    assert not counted.errors and counted.fallbacks == 0
+    assert {r.decided_by for r in counted.results.values()} == {"exact"}
+    full = run(tiny, Cache(cache_dir), "lora")  # the spectra phase reads what the counts computed
+    assert full.from_cache == len(full.results) == len(counted.results)
+    for key, result in full.results.items():
+        assert counted.results[key].intruder_ranks(10, 0.5) == result.intruder_ranks(10, 0.5)
+
+
 @pytest.mark.parametrize("budget", ["none fits beside another", "the largest beside the smallest"])
 def test_jobs_in_hand_never_hold_more_than_the_memory_budget(tiny, monkeypatch, budget):
     comparison = open_comparison(str(tiny / "base"), [str(tiny / "full")])
