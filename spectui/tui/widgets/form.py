@@ -5,6 +5,7 @@ at launch kept on its field until that field is edited."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
@@ -23,15 +24,17 @@ from spectui.tui.widgets.toggles import Check
 
 
 class SpecFields(VerticalScroll):
-    """Edits one spec dataclass, field by field. A subclass names its fields and says how a typed
-    text is read (`read`), which errors the spec has beyond its fields' own (`problems`), and what
-    the screen is told after each change (`edited`)."""
+    """Edits one spec dataclass, field by field. A subclass names its fields, says how a typed text
+    is read and what the screen is told after each change, and may add errors of the whole spec
+    (`problems`)."""
 
     FIELDS: tuple[str, ...] = ()
     LABELS: dict[str, str] = {}
     PLACEHOLDERS: dict[str, str] = {}
     SUGGESTERS: dict[str, Suggester] = {}
     EDITOR_ID, ERROR_ID = "field-", "error-"  # widget ids: the prefix, then the field's name
+    read: Callable[[str, str], Any]  # (field, typed text) → its value; SpecError in one sentence if none
+    edited: Callable[[Any, dict[str, str]], Message]  # (spec, errors) → what the screen is told
 
     def __init__(self, spec, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -42,18 +45,10 @@ class SpecFields(VerticalScroll):
         self._metadata = {spec_field.name: spec_field.metadata for spec_field in fields(spec)}
 
     # -- what a form says about its spec -------------------------------------------------------
-    def read(self, name: str, text: str) -> Any:
-        """The value a field's typed text stands for; SpecError in one sentence when there is none."""
-        raise NotImplementedError
-
     def problems(self, errors: dict[str, str]) -> dict[str, str]:
         """Errors found beyond the spec's own (`errors`, so far), by field: its data file as a run
         will read it, say, looked at only where the field has no error yet."""
         return {}
-
-    def edited(self) -> Message:
-        """What the screen is told after every change."""
-        raise NotImplementedError
 
     def text(self, value: object) -> str:
         return "" if value is None else str(value)
@@ -117,7 +112,7 @@ class SpecFields(VerticalScroll):
             error.display = bool(message)
             self.editor(name).set_class(bool(message), "-invalid")
         self.adapt()
-        self.post_message(self.edited())
+        self.post_message(self.edited(self.spec, self.errors))
 
     def on_worker_state_changed(self, event) -> None:
         self.app.worker_ended(event)

@@ -10,7 +10,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from textual.message import Message
 from textual.suggester import Suggester, SuggestFromList
 from textual.widgets import Input
 
@@ -75,6 +74,8 @@ class SpecForm(SpecFields):
                     "start_from": "blank: the base; or a run's name (its output), or a model directory"}
     SUGGESTERS = {"base": PathSuggester(), "data": PathSuggester(), "start_from": RunSuggester(),
                   "target_modules": SuggestFromList(TARGET_PRESETS)}
+    read = staticmethod(parse_field)
+    edited = SpecEdited
 
     def load(self, spec: RunSpec) -> None:
         """Show another spec (a preset): every editor takes its value."""
@@ -85,9 +86,6 @@ class SpecForm(SpecFields):
             editor.value = self.text(getattr(spec, name)) if isinstance(editor, Input) else getattr(spec, name)
         self.validate()
 
-    def read(self, name: str, text: str):
-        return parse_field(name, text)
-
     def problems(self, errors: dict[str, str]) -> dict[str, str]:
         found = {}
         if "data" not in errors and (data_error := self.data_check.problem([self.spec])):
@@ -95,9 +93,6 @@ class SpecForm(SpecFields):
         if "start_from" not in errors and (start_error := _start_problem(self.spec)):
             found["start_from"] = start_error
         return found
-
-    def edited(self) -> Message:
-        return SpecEdited(self.spec, self.errors)
 
     def adapt(self) -> None:
         """Adapter fields are off for full fine-tuning; α is off when it is 2r; the learning rate

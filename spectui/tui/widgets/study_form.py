@@ -46,13 +46,16 @@ class StudyForm(SpecFields):
             self.spec = spec
             self.errors = errors
 
-    def header(self) -> ComposeResult:
-        yield Label(f"base: {self.spec.base} (the inspector's)", classes="field-row")
+    edited = Edited
 
-    def read(self, name: str, text: str):
+    @staticmethod
+    def read(name: str, text: str):
         value = parse_text(name, text)
         StudySpec.from_dict({name: value})  # the field's own checks (ranks of at least 1, …)
         return value
+
+    def header(self) -> ComposeResult:
+        yield Label(f"base: {self.spec.base} (the inspector's)", classes="field-row")
 
     def problems(self, errors: dict[str, str]) -> dict[str, str]:
         """Each task's file as its members' runs will read it (their held-out share and seed)."""
@@ -62,9 +65,6 @@ class StudyForm(SpecFields):
         problem = self.data_check.problem([RunSpec(**{**self.spec.run, "base": self.spec.base, "data": data})
                                            for data in self.spec.tasks])
         return {tasks: problem} if problem else {}
-
-    def edited(self) -> Message:
-        return self.Edited(self.spec, self.errors)
 
     def adapt(self) -> None:
         self.editor("alpha").disabled = not self.spec.ranks
