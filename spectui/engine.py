@@ -519,7 +519,7 @@ class Scan:
         computed = False
         spectrum = gram = reduction = None
         tall = w0.shape[0] > w0.shape[1]
-        certified = certifies(device)
+        solver, certified = solver_device(device), certifies(device)
         for index, model, spec in self._tuned(name):
             top = min(k, *w0.shape)
             weight, factors, key = _tuned_weight(w0, model, spec)
@@ -562,7 +562,6 @@ class Scan:
             else:
                 how = "exact"
                 reduction = gram = None  # W0's decomposition is the bigger peak
-                solver = solver_device(device)
                 self.fallbacks += certified
                 base = self._base_vectors(w0.key, w0.matrix(), solver)
                 self._use(model.path, "pair", key)
