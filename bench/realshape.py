@@ -165,7 +165,8 @@ def paper_fp32(base: str, tuned: str, device: str) -> dict[str, list[int]]:
 
 
 def spectui_scan(base: str, tuned: str, cache: str, device: str, counts: bool = False):
-    """The flags, and how many matrices the certificates left to the exact path (counts only)."""
+    """The flags; how many matrices the certificates left to the exact path (counts only), and how
+    many had W0 decomposed again as its cached compact form left a flag open."""
     from spectui.cache import Cache
     from spectui.checkpoint.comparison import open_comparison
     from spectui.engine import Scan
@@ -175,7 +176,8 @@ def spectui_scan(base: str, tuned: str, cache: str, device: str, counts: bool = 
                 counts=(K, EPS) if counts else None).run()
     if scan.errors:
         raise SystemExit(f"scan failed: {next(iter(scan.errors.values())).message}")
-    return {name: r.intruder_ranks(K, EPS) for (_, name), r in scan.results.items()}, scan.fallbacks
+    flags = {name: r.intruder_ranks(K, EPS) for (_, name), r in scan.results.items()}
+    return flags, scan.fallbacks, scan.redecomposed
 
 
 def read_and_hash(*folders: str) -> None:
@@ -197,18 +199,18 @@ def child(mode: str, base: str, tuned: str, cache: str, device: str) -> None:
     import spectui.engine  # noqa: F401
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    fallbacks = None
+    fallbacks = redecomposed = None
     if mode == "read_hash":
         flags = read_and_hash(base, tuned)
     elif mode == "paper":
         flags = paper_fp32(base, tuned, device)
     else:
-        flags, fallbacks = spectui_scan(base, tuned, cache, device, counts=mode == "counts")
+        flags, fallbacks, redecomposed = spectui_scan(base, tuned, cache, device, counts=mode == "counts")
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     cpu = time.process_time() - cpu_start
     print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": cpu, "peak_mb": peak_rss_mb(),
-                      "flags": flags, "fallbacks": fallbacks}))
+                      "flags": flags, "fallbacks": fallbacks, "redecomposed": redecomposed}))
 
 
 DEVICE = "cpu"  # set from --device
@@ -258,7 +260,8 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
            "all_cached_over_read_hash": best["all_cached"]["seconds"] / best["read_hash"]["seconds"],
            "base_cache_bytes": written, "base_checkpoint_bytes": base_bytes,
            "cache_ratio": written / base_bytes, "counts_cache_ratio": counts_written / base_bytes,
-           "counts_fallbacks": best["counts_cold"]["fallbacks"]}
+           "counts_fallbacks": best["counts_cold"]["fallbacks"],
+           "base_cached_redecomposed": best["base_cached"]["redecomposed"]}
     for mode, r in best.items():
         row[f"{mode}_s"] = r["seconds"] / measured_layers  # per layer
         row[f"{mode}_cpu_s"] = r["cpu_seconds"] / measured_layers
@@ -269,7 +272,8 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
         f"{mode} {row[f'{mode}_s']:7.1f}s ×{row[f'{mode}_speedup']:4.1f} ({row[f'{mode}_model_min']:6.1f} min/model, "
         f"{row[f'{mode}_peak_mb']:.0f} MB)" for mode in best) +
         f" | cache {row['cache_ratio']:.2f}× base (counts: {row['counts_cache_ratio']:.3f}×, "
-        f"{row['counts_fallbacks']} left to the exact path) | flags identical: {row['flags_identical']}", flush=True)
+        f"{row['counts_fallbacks']} left to the exact path; base cached: {row['base_cached_redecomposed']} "
+        f"decomposed again) | flags identical: {row['flags_identical']}", flush=True)
     return row
 
 

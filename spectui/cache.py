@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from spectui import atomic
+from spectui.compact import CompactBase
 from spectui.defaults import HEAD_VECTORS
 from spectui.errors import InputError
-from spectui.spectral import ALGORITHM_VERSION, BaseSpectrum, Decomposition, MatrixResult
+from spectui.spectral import ALGORITHM_VERSION, BaseSpectrum, MatrixResult
 from spectui.validate import parse_json, read_bytes
 
 
@@ -61,7 +62,7 @@ def _entry_digest(key: str, arrays: dict[str, np.ndarray], meta: dict[str, str])
 _RESULT_ARRAYS = {"sigma_base": (1, "f"), "sigma_tuned": (1, "f"), "sigma_delta": (1, "f"), "max_cos": (1, "f"),
                   "best_base": (1, "i"), "similarity": (2, "f"), "overlap": (2, "f"), "delta_energy_base": (1, "f"),
                   "delta_energy_tuned": (1, "f")}
-_DECOMPOSITION_ARRAYS = {"sigma": (1, "f"), "u": (2, "f")}
+_BASE_ARRAYS = {"sigma": (1, "f"), "head": (2, "f"), "rest": (2, "i"), "step": (1, "f")}
 _SPECTRUM_ARRAYS = {"sigma": (1, "f"), "head": (2, "f"), "head_error": (1, "f")}
 KINDS = ("base", "pair", "spectrum")
 MANIFEST_LIMIT = 64 << 20
@@ -117,14 +118,19 @@ class Cache:
             if {name: (a.ndim, a.dtype.kind) for name, a in arrays.items()} != expected:
                 raise ValueError("unexpected arrays")
         except Exception:  # any damage at all: drop the entry and recompute
-            with contextlib.suppress(OSError):
-                file.unlink()
-            self.misses += 1
+            self._drop(kind, key)
             return None
         with contextlib.suppress(OSError):
             os.utime(file)  # recently used: the last to be evicted
         self.hits += 1
         return arrays, meta
+
+    def _drop(self, kind: str, key: str, was_read: bool = False) -> None:
+        """An entry that cannot be used (damaged, or read but not what it must be): gone, and a miss."""
+        with contextlib.suppress(OSError):
+            self._file(kind, key).unlink()
+        self.hits -= was_read
+        self.misses += 1
 
     def _write(self, kind: str, key: str, arrays: dict[str, np.ndarray], meta: dict[str, str]) -> None:
         if self.root is None or not self._writable:
@@ -233,29 +239,36 @@ class Cache:
             return None
         return data
 
-    def get_decomposition(self, key: str) -> Decomposition | None:
-        entry = self._read("base", key, _DECOMPOSITION_ARRAYS)
+    def get_base(self, key: str, shape: tuple[int, int]) -> CompactBase | None:
+        """A base matrix's decomposition, as `CompactBase` keeps it; None unless it fits `shape`."""
+        entry = self._read("base", key, _BASE_ARRAYS)
         if entry is None:
             return None
-        arrays, _ = entry
-        return Decomposition(sigma=torch.from_numpy(arrays["sigma"]), u=torch.from_numpy(arrays["u"]))
+        base = CompactBase(**{name: torch.from_numpy(array) for name, array in entry[0].items()})
+        if not base.fits(shape):
+            self._drop("base", key, was_read=True)
+            return None
+        return base
 
-    def put_decomposition(self, key: str, dec: Decomposition) -> None:
-        arrays = {"sigma": dec.sigma.cpu().numpy(), "u": dec.u.cpu().contiguous().numpy()}
-        self._write("base", key, arrays, {})
+    def put_base(self, key: str, base: CompactBase) -> None:
+        self._write("base", key, {name: getattr(base, name).contiguous().numpy() for name in _BASE_ARRAYS}, {})
 
-    def get_spectrum(self, key: str) -> BaseSpectrum | None:
+    def get_spectrum(self, key: str, shape: tuple[int, int]) -> BaseSpectrum | None:
         """What the counts need of a base matrix: from its spectrum entry, or from its
-        decomposition where that is cached."""
+        decomposition where that is cached; None unless it fits `shape`."""
         entry = self._read("spectrum", key, _SPECTRUM_ARRAYS)
         if entry is not None:
             arrays = entry[0]
-            return BaseSpectrum(arrays["sigma"], arrays["head"], arrays["head_error"])
-        dec = self.get_decomposition(key) if self.root is not None and self._file("base", key).is_file() else None
-        if dec is None:
+            found = BaseSpectrum(arrays["sigma"], arrays["head"], arrays["head_error"])
+            if found.fits(shape):
+                return found
+            self._drop("spectrum", key, was_read=True)
             return None
-        head = dec.u[:, :HEAD_VECTORS].numpy()
-        found = BaseSpectrum(dec.sigma.numpy(), head, np.zeros(head.shape[1]))
+        base = self.get_base(key, shape) if self.root is not None and self._file("base", key).is_file() else None
+        if base is None:
+            return None
+        head = base.head[:, :HEAD_VECTORS].numpy()
+        found = BaseSpectrum(base.sigma.numpy(), head, np.zeros(head.shape[1]))
         self.put_spectrum(key, found)  # next time a few KB are read, not every vector
         return found
 
@@ -271,8 +284,7 @@ class Cache:
         try:
             return MatrixResult.from_arrays(*entry)
         except (KeyError, ValueError):  # metadata that passed the digest but does not parse
-            self.hits -= 1
-            self.misses += 1
+            self._drop("pair", key, was_read=True)
             return None
 
     def put_result(self, key: str, result: MatrixResult) -> None:

@@ -25,6 +25,7 @@ from spectui.cache import Cache, tensor_digest
 from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import load_matrix
+from spectui.compact import CompactBase
 from spectui.defaults import SIMILARITY_SIZE, TOP_VECTORS
 from spectui.eigen import full_gram, reduce
 from spectui.eigen import gram as gram_of  # `gram` names the matrix in the counts
@@ -36,6 +37,7 @@ from spectui.spectral import (
     MatrixResult,
     compare,
     decompose,
+    decompose_base,
     marchenko_pastur_distance,
     singular_values,
 )
@@ -257,6 +259,7 @@ class Scan:
         self.results: dict[tuple[int, str], MatrixResult | MatrixCounts] = {}
         self.counts = counts
         self.fallbacks = 0  # counted pairs the certificates left to the exact path
+        self.redecomposed = 0  # pairs whose cached base (`CompactBase`) left a flag open: W0 decomposed again
         self._used: dict[Path, dict[str, set[str]]] = {}  # cache keys each model's scan used, by kind
         self.errors: dict[str, MatrixFailed] = {}
         self.phases = ("spectra",) if counts is None else ("counts", "spectra") if then_spectra else ("counts",)
@@ -473,18 +476,17 @@ class Scan:
             solver = solver_device(device)
             if w.same_as(w0):
                 # the fine-tune left it as it was: no decomposition, nothing to cache
-                base = base or self.cache.get_decomposition(w0.key)
+                base = base or self.cache.get_base(w0.key, w0.shape)
                 sigma = base.sigma if base is not None else singular_values(w0.matrix().to(solver))
                 self._done_with(name, index, unchanged_result(sigma, w0.shape), cached=False)
                 continue
-            base = base or self.cache.get_decomposition(w0.key)
+            base = base or self.cache.get_base(w0.key, w0.shape)
             if base is None:  # decomposing W0 is this matrix's memory peak: W is read again after it
                 w.release()
                 base = self._decompose_base(w0.key, w0.matrix(), solver)
-            if factors is not None and index == last:  # W0 is not needed again: one matrix less held
+            if factors is not None and index == last and not base.needs_w0:  # one matrix less held
                 w0.release()
-            result = compare(base, None if factors is not None else w0.matrix().to(solver), w.matrix().to(solver),
-                             factors)
+            result = self._compare(base, w0, w.matrix(), factors, solver)
             self.cache.put_result(key, result)
             computed = True
             self._done_with(name, index, result, cached=False)
@@ -536,9 +538,7 @@ class Scan:
             w = weight.matrix()
             if certified and spectrum is None:
                 self._use(self.comparison.base.path, "spectrum", w0.key)
-                spectrum = self.cache.get_spectrum(w0.key)
-                if spectrum is not None and not spectrum.fits(w0.shape):
-                    spectrum = None
+                spectrum = self.cache.get_spectrum(w0.key, w0.shape)
             tuned = tuned_top(w, top) if certified else None
             flags, how = None, "bounds"
             if tuned is not None and spectrum is not None and reduction is None:
@@ -563,20 +563,16 @@ class Scan:
                 how = "exact"
                 reduction = gram = None  # W0's decomposition is the bigger peak
                 self.fallbacks += certified
-                base = self._base_vectors(w0.key, w0.matrix(), solver)
+                self._use(self.comparison.base.path, "base", w0.key)
+                base = self.cache.get_base(w0.key, w0.shape) or self._decompose_base(w0.key, w0.matrix(), solver)
                 self._use(model.path, "pair", key)
-                result = compare(base, w0.matrix().to(solver), w.to(solver), factors)
+                result = self._compare(base, w0, w, factors, solver)
                 self.cache.put_result(key, result)
                 found = result.max_cos[:top].astype(np.float64)
                 counts = MatrixCounts(w0.shape, k, epsilon, found, found, how)
             computed = True
             self._counted(name, index, counts, False)
         return computed
-
-    def _base_vectors(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
-        """W0's full decomposition for the counts' exact path: cached, or computed now and cached."""
-        self._use(self.comparison.base.path, "base", base_key)
-        return self.cache.get_decomposition(base_key) or self._decompose_base(base_key, w0, device)
 
     def _counted(self, name: str, index: int, counts: MatrixCounts, cached: bool) -> None:
         if isinstance(self.results.get((index, name)), MatrixResult):
@@ -585,9 +581,20 @@ class Scan:
         self.on_event(MatrixDone(name, index, counts, cached))
 
     def _decompose_base(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
-        base = decompose(w0.to(device))
-        self.cache.put_decomposition(base_key, base)
+        base, kept = decompose_base(w0.to(device))
+        self.cache.put_base(base_key, kept)
         return base
+
+    def _compare(self, base: Decomposition | CompactBase, w0: _Weight, w: torch.Tensor,
+                 factors: tuple[torch.Tensor, torch.Tensor] | None, solver: torch.device) -> MatrixResult:
+        """`compare`, W0 decomposed again where its cached compact form leaves a flag open."""
+        matrix = w0.matrix().to(solver) if factors is None or base.needs_w0 else None
+        result = compare(base, matrix, w.to(solver), factors)
+        if result is None:
+            self.redecomposed += 1
+            matrix = w0.matrix().to(solver)
+            result = compare(decompose(matrix), matrix if factors is None else None, w.to(solver), factors)
+        return result
 
 
 class _Weight:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from spectui import eigen
+from spectui.compact import CompactBase
 from spectui.defaults import DEFAULT_EPSILON, DEFAULT_K, SIMILARITY_SIZE, TOP_VECTORS
 from spectui.intruders import count_intruders, intruder_ranks
 
@@ -42,10 +43,20 @@ _FLAT = 1e-2  # σ_max/σ_min − 1 below this: orthogonal or identity initialis
 @dataclass
 class Decomposition:
     """Singular values (descending, float64) and left singular vectors (columns, float32): all of
-    them for a base matrix, the top TOP_VECTORS for a tuned one."""
+    them for a base matrix (what a cold scan compares with; the cache keeps `CompactBase`), the top
+    TOP_VECTORS for a tuned one."""
 
     sigma: torch.Tensor
     u: torch.Tensor
+    needs_w0 = False
+
+    @property
+    def head(self) -> torch.Tensor:
+        return self.u
+
+    def max_cos(self, tuned_u: torch.Tensor, w0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """max_i |u_jᵀ u0_i| and its i for each tuned vector u_j (columns of `tuned_u`)."""
+        return (tuned_u.T @ self.u.to(tuned_u.device)).abs().max(dim=1)
 
 
 @dataclass
@@ -69,8 +80,19 @@ def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
     """All singular values and the first `vectors` (default all) left singular vectors of W, via
     the eigen-decomposition of the Gram matrix of its short side, in float64: a float32 solve would
     rotate the small-σ vectors within their clusters and blur the smallest singular values. A base
-    matrix (decomposed once, cached) needs every vector; a tuned one only its top vectors, which
+    matrix needs every vector (`decompose_base`); a tuned one only its top vectors, which
     `eigen.eigh_top` finds for little more than the cost of the eigenvalues."""
+    return _decompose(w, vectors)[0]
+
+
+def decompose_base(w0: torch.Tensor) -> tuple[Decomposition, CompactBase]:
+    """W0's full decomposition, and what the cache keeps of it."""
+    dec, gram_vectors = _decompose(w0, None)
+    return dec, CompactBase.of(dec.sigma, dec.u, gram_vectors)
+
+
+def _decompose(w: torch.Tensor, vectors: int | None) -> tuple[Decomposition, torch.Tensor]:
+    """`decompose`, and the float64 eigenvectors of the short side's Gram it came from."""
     m, n = w.shape
     if vectors is None:
         lam, vecs = eigen.eigh(eigen.gram(w), scratch=True)
@@ -79,7 +101,7 @@ def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
     sigma = lam.flip(0).clamp_min(0).sqrt()
     vecs = vecs.flip(1).to(w.device)
     u = vecs.to(torch.float32) if m <= n else _left_from_right(w, vecs, sigma[: vecs.shape[1]].to(w.device))
-    return Decomposition(sigma=sigma.cpu(), u=u)
+    return Decomposition(sigma=sigma.cpu(), u=u), vecs
 
 
 # Above this σ_i/σ_max, u_i = W v_i / σ_i is orthonormal to ~1e-16 (σ_max/σ_i)² ≤ 1e-6 as it stands.
@@ -373,22 +395,26 @@ class MatrixResult:
 
 
 def compare(
-    base: Decomposition,
+    base: Decomposition | CompactBase,
     w0: torch.Tensor | None,
     w: torch.Tensor,
     delta_factors: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> MatrixResult:
-    """The paper's per-matrix analysis of W0 → W, given W0's (cached) decomposition, and the
-    follow-up metrics' ingredients (a T×T block of Uᵀ U0 and ‖ΔW‖² along 2T vectors: a few
-    matrix-vector products beside the decomposition). W0 itself is only read for a dense ΔW = W − W0;
-    with ΔW's low-rank factors it may be None (one matrix less in memory)."""
+) -> MatrixResult | None:
+    """The paper's per-matrix analysis of W0 → W, given W0's decomposition (or its cached compact
+    form), and the follow-up metrics' ingredients (a T×T block of Uᵀ U0 and ‖ΔW‖² along 2T vectors: a
+    few matrix-vector products beside the decomposition). W0 itself is read for a dense ΔW = W − W0
+    and a tall W0's compact form (`needs_w0`); else it may be None (one matrix less in memory). None
+    when the compact form leaves a flag open (`CompactBase.max_cos`): decompose W0 then."""
     tuned = decompose(w, vectors=TOP_VECTORS)
-    base_u = base.u.to(tuned.u.device)
-    cos = (tuned.u.T @ base_u).abs()
-    max_cos, best = cos.max(dim=1)
+    found = base.max_cos(tuned.u, w0)
+    if found is None:
+        return None
+    max_cos, best = found
     top = tuned.u.shape[1]
-    overlap = (tuned.u.double().T @ base_u[:, :top].double()).to(torch.float32)
-    basis = torch.cat([base_u[:, :top], tuned.u], dim=1)  # the vectors ‖·ᵀ ΔW‖² is wanted along
+    head = base.head[:, :top].to(tuned.u.device)
+    cos = (tuned.u[:, :SIMILARITY_SIZE].T @ head[:, :SIMILARITY_SIZE]).abs()
+    overlap = (tuned.u.double().T @ head.double()).to(torch.float32)
+    basis = torch.cat([head, tuned.u], dim=1)  # the vectors ‖·ᵀ ΔW‖² is wanted along
     size = min(w.shape)
     if delta_factors is not None:
         sigma_delta = low_rank_singular_values(*delta_factors, size=size)
@@ -406,7 +432,7 @@ def compare(
         sigma_delta=sigma_delta.numpy(),
         max_cos=max_cos.cpu().numpy(),
         best_base=best.cpu().numpy().astype(np.int32),
-        similarity=cos[:SIMILARITY_SIZE, :SIMILARITY_SIZE].cpu().clone().numpy(),  # not a view: frees cos
+        similarity=cos.cpu().numpy(),
         delta_rel_norm=delta_norm / base_norm if base_norm > 0 else 0.0,
         base_mp_distance=marchenko_pastur_distance(sigma_base, (w.shape[0], w.shape[1])),
         overlap=overlap.cpu().numpy(),

@@ -55,10 +55,10 @@ def test_no_cache_writes_nothing(tiny, tmp_path):
 
 def test_base_is_decomposed_once_for_several_tuned_models(tiny, monkeypatch):
     calls = []
-    real = engine.decompose
-    monkeypatch.setattr(engine, "decompose", lambda w: calls.append(w.shape) or real(w))
+    real = engine.decompose_base
+    monkeypatch.setattr(engine, "decompose_base", lambda w: calls.append(w.shape) or real(w))
     scan = run(tiny, Cache(None), "lora", "full", "full")
-    # engine.decompose is the base side only (compare() decomposes each tuned matrix itself)
+    # engine.decompose_base is the base side (compare() decomposes each tuned matrix itself)
     assert len(calls) == len(scan.names) == 14
     assert len(scan.results) == 6 + 14 + 14
 

@@ -323,11 +323,12 @@ def test_a_second_model_on_a_cached_spectrum_is_certified_by_products_with_w0(ti
     cache = Cache(cache_dir)
     for file in (cache_dir / "spectrum").rglob("*.safetensors"):
         arrays = load_file(file)
-        spectrum = cache.get_spectrum(file.stem)
         rows, size = arrays["head"].shape[0], arrays["sigma"].size
         shape = (rows, size) if size < rows else (rows, 10**6)
+        spectrum = cache.get_spectrum(file.stem, shape)
         assert spectrum.head.shape == arrays["head"].shape and spectrum.fits(shape)
         assert not spectrum.fits((rows + 1, shape[1])) and not spectrum.fits((rows, size - 1))
+    assert cache.get_spectrum(file.stem, (rows + 1, shape[1])) is None and not file.exists()  # dropped
 
 
 def test_a_spectrum_entry_that_does_not_fit_its_matrix_is_recomputed(tiny, cli, cache_dir):
@@ -340,11 +341,17 @@ def test_a_spectrum_entry_that_does_not_fit_its_matrix_is_recomputed(tiny, cli, 
 
     full = json.loads(cli("scan", tiny / "base", tiny / "lora", "--json", "--no-cache").out)
     cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--cache-dir", cache_dir)
+    from safetensors.numpy import load_file
+
     cache = Cache(cache_dir)
-    keys = [file.stem for file in (cache_dir / "spectrum").rglob("*.safetensors")]
+    shapes = {}
+    for file in (cache_dir / "spectrum").rglob("*.safetensors"):
+        arrays = load_file(file)
+        rows, size = arrays["head"].shape[0], arrays["sigma"].size
+        shapes[file.stem] = (rows, size) if size < rows else (rows, 10**6)
     sizes = {}
-    for key in keys:
-        good = cache.get_spectrum(key)
+    for key, shape in shapes.items():
+        good = cache.get_spectrum(key, shape)
         sizes[key] = good.sigma.size
         cache.put_spectrum(key, BaseSpectrum(good.sigma[:-1], np_.zeros((3, 2), np_.float32), np_.zeros(2)))
     again = cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--json", "--cache-dir", cache_dir)
@@ -353,4 +360,4 @@ def test_a_spectrum_entry_that_does_not_fit_its_matrix_is_recomputed(tiny, cli, 
     assert {m["name"]: m["intruder_ranks"] for m in counts["matrices"]} == \
            {m["name"]: m["intruder_ranks"] for m in full["matrices"]}
     assert counts["decided_by"]["reduction"] == len(counts["matrices"])  # none trusted the bad entries
-    assert all(Cache(cache_dir).get_spectrum(key).sigma.size == size for key, size in sizes.items())
+    assert all(Cache(cache_dir).get_spectrum(key, shapes[key]).sigma.size == size for key, size in sizes.items())

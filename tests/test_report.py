@@ -42,13 +42,13 @@ def written(cli, tiny, three, tmp_path_factory):
 
 def test_three_tuned_models_decompose_the_base_once_and_total_as_single_scans(cli, tiny, three, monkeypatch):
     calls = []
-    real = engine.decompose
-    monkeypatch.setattr(engine, "decompose", lambda w: calls.append(w.shape) or real(w))
+    real = engine.decompose_base
+    monkeypatch.setattr(engine, "decompose_base", lambda w: calls.append(w.shape) or real(w))
     code, out, _ = cli("scan", tiny / "base", *three, "--json", "--no-cache")
     joint = json.loads(out)["models"]
     base_matrices = open_comparison(str(tiny / "base"), [str(p) for p in three]).matrix_names()
-    assert code == 0 and len(calls) == len(base_matrices) == 14  # engine.decompose is the base side only
-    monkeypatch.setattr(engine, "decompose", real)
+    assert code == 0 and len(calls) == len(base_matrices) == 14  # engine.decompose_base is the base side
+    monkeypatch.setattr(engine, "decompose_base", real)
     for record, path in zip(joint, three):
         code, out, _ = cli("scan", tiny / "base", path, "--json", "--no-cache")
         single = json.loads(out)
