@@ -39,16 +39,16 @@ _CHECKED = torch.tensor(sorted({float(np.float32(e)) for e in EPSILON_SWEEP}), d
 
 
 def quantize(vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(int16 entries, float64 step per column) with every entry within step/2 of `vectors`."""
-    peak = vectors.abs().amax(dim=0).to(torch.float64) if vectors.numel() else torch.zeros(vectors.shape[1],
-                                                                                         dtype=torch.float64)
-    step = peak / STEPS
-    safe = torch.where(step > 0, step, torch.ones_like(step)).to(vectors.device)
-    entries = torch.empty(vectors.shape, dtype=torch.int16, device=vectors.device)
+    """(int16 entries, float64 step per column) with every entry within step/2 of `vectors`; a few
+    columns at a time in float64 (a 8192² base's vectors are 0.5 GB at that precision)."""
+    entries = torch.empty(vectors.shape, dtype=torch.int16)
+    step = torch.zeros(vectors.shape[1], dtype=torch.float64)
     for i in range(0, vectors.shape[1], _COLUMNS):
-        part = vectors[:, i: i + _COLUMNS].to(torch.float64) / safe[i: i + _COLUMNS]
-        entries[:, i: i + _COLUMNS] = part.round().clamp(-STEPS, STEPS).to(torch.int16)
-    return entries.cpu(), step.cpu()
+        part = vectors[:, i: i + _COLUMNS].to(torch.float64)
+        step[i: i + _COLUMNS] = part.abs().amax(dim=0).cpu() / STEPS if part.shape[0] else 0
+        safe = torch.where(step[i: i + _COLUMNS] > 0, step[i: i + _COLUMNS], 1.0).to(part.device)
+        entries[:, i: i + _COLUMNS] = (part / safe).round().clamp(-STEPS, STEPS).to(torch.int16).cpu()
+    return entries, step
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ decomposition, and it takes under half of the base's bf16 bytes at real aspect r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -134,6 +135,11 @@ def test_real_entries_have_the_size_counted_above(tmp_path):
     assert arrays < file.stat().st_size < arrays + 1024
     assert cache.get_base("ab" * 32, (512, 192)).fits((512, 192))
     assert cache.get_base("ab" * 32, (513, 192)) is None and not file.exists()  # not its shape: dropped
+    good = decompose_base(w0)[1]
+    for name, bad in (("step", torch.full_like(good.step, float("nan"))), ("step", -good.step),
+                      ("sigma", -good.sigma), ("head", good.head * float("inf"))):
+        cache.put_base("cd" * 32, dataclasses.replace(good, **{name: bad}))  # a valid digest, hostile values
+        assert cache.get_base("cd" * 32, (512, 192)) is None
 
 
 def _model(path, tensors, dtype=torch.bfloat16):
