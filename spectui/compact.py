@@ -33,7 +33,7 @@ STEPS = 32767  # the largest entry of each kept column, in steps
 VALUE_TOLERANCE = 5e-3  # max|cos| is certified this close (its error is ~1e-5: the bounds are worst cases)
 _COLUMNS = 2048  # kept columns turned back into float64 at a time
 _ROWS = 2048  # rows of W0 turned into float64 at a time
-_ROUNDING = 1e-12  # float64 sums of a few thousand products, and the float32 ε each reader compares with
+_FLOAT32_ULP = 1e-7  # max|cos| is stored in float32 and compared with ε in float32 (intruders.py)
 _HEAD_ERROR = 1e-6  # ‖ũ0_i − u0_i‖ for a float32 head vector, rounded up
 _CHECKED = torch.tensor(sorted({float(np.float32(e)) for e in EPSILON_SWEEP}), dtype=torch.float64)
 
@@ -88,11 +88,10 @@ class CompactBase:
     def max_cos(self, tuned_u: torch.Tensor, w0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """max_i |u_jᵀ u0_i| and its i for each tuned vector u_j (columns of `tuned_u`, float32), or
         None where the bounds leave a flag or the value open."""
-        head = (tuned_u.T @ self.head.to(tuned_u.device)).abs()  # as the full decomposition's own product
-        near, bound = self._rest_cosines(tuned_u.to(torch.float64), w0)
+        head, near, bound = self._cosines(tuned_u, w0)
         lower, upper = self._max_bounds(head, near, bound)
         checked = _CHECKED.to(tuned_u.device)
-        open_flag = (lower[:, None] - _ROUNDING < checked) & (checked <= upper[:, None] + _ROUNDING)
+        open_flag = (lower[:, None] - _FLOAT32_ULP < checked) & (checked <= upper[:, None] + _FLOAT32_ULP)
         if bool(open_flag.any()) or bool((upper - lower > VALUE_TOLERANCE).any()):
             return None
         head_value, head_best = head.max(dim=1)
@@ -105,8 +104,13 @@ class CompactBase:
 
     def bounds(self, tuned_u: torch.Tensor, w0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds (float64) on each tuned vector's max|cos|."""
+        return self._max_bounds(*self._cosines(tuned_u, w0))
+
+    def _cosines(self, tuned_u: torch.Tensor, w0: torch.Tensor | None):
+        """|cosines| with the head (float32, as the full decomposition's own product), with the
+        quantized vectors (float64) and the latter's bounds."""
         head = (tuned_u.T @ self.head.to(tuned_u.device)).abs()
-        return self._max_bounds(head, *self._rest_cosines(tuned_u.to(torch.float64), w0))
+        return (head, *self._rest_cosines(tuned_u.to(torch.float64), w0))
 
     @staticmethod
     def _max_bounds(head: torch.Tensor, near: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,24 +118,28 @@ class CompactBase:
         if near.shape[1] == 0:
             return exact, exact
         lower = torch.maximum(exact, (near - bound).amax(dim=1))
-        return lower, torch.maximum(exact, (near + bound).amax(dim=1)).clamp(max=1 + _ROUNDING)
+        return lower, torch.maximum(exact, (near + bound).amax(dim=1)).clamp(max=1 + _FLOAT32_ULP)
 
     def _rest_cosines(self, t: torch.Tensor, w0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """|c̃_ij| for the quantized vectors i and their bounds (module docstring), float64."""
+        """|c̃_ij| for the quantized vectors i and their bounds (module docstring), float64; each bound
+        also holds the float64 sums' rounding (γ_m = m 2⁻⁵² of the sums' magnitudes)."""
         device = t.device
         step = self.step.to(device)
         kept = self.head.shape[1]
+        m = t.shape[0]
         if self.needs_w0:
             if w0 is None:
                 raise ValueError("a tall base's cached vectors need W0")
             head = self.head.to(device).to(torch.float64)
             rest = t - head @ (head.T @ t)  # its head part adds nothing to y_jᵀ v0_i (module docstring)
-            probe = sum(w0[i: i + _ROWS].to(torch.float64).T @ rest[i: i + _ROWS] for i in range(0, w0.shape[0], _ROWS))
+            probe = sum(w0[i: i + _ROWS].to(torch.float64).T @ rest[i: i + _ROWS] for i in range(0, m, _ROWS))
             sigma = self.sigma[kept:].to(device)
             scale = torch.where(sigma > 0, 1 / sigma, torch.full_like(sigma, float("inf")))
             rho = self.sigma.numel() * 2.0**-53 * (float(self.sigma[0]) * scale) ** 2
+            rounding = (m + probe.shape[0]) * 2.0**-52 * float(self.sigma[0]) * rest.norm(dim=0) * probe.shape[0] ** 0.5
         else:
             probe, scale, rho = t, None, None
+            rounding = m * 2.0**-52 * t.norm(dim=0)
         l1 = probe.abs().sum(dim=0)
         parts = []
         for i in range(0, self.rest.shape[1], _COLUMNS):
@@ -139,7 +147,7 @@ class CompactBase:
             parts.append(probe.T @ vectors)
         near = torch.cat(parts, dim=1).abs() if parts else torch.zeros(t.shape[1], 0, dtype=torch.float64,
                                                                          device=device)
-        bound = (step / 2)[None, :] * l1[:, None] + _ROUNDING
+        bound = (step / 2)[None, :] * l1[:, None] + rounding[:, None]
         if scale is not None:
             near = torch.nan_to_num(near * scale, nan=0.0, posinf=0.0)  # a zero σ: its bound is infinite
             projection = 2.01 * kept**0.5 * _HEAD_ERROR  # ‖(P − P̃)u_j‖ for the head's projector P
