@@ -486,7 +486,7 @@ class Scan:
                 base = self._decompose_base(w0.key, w0.matrix(), solver)
             if factors is not None and index == last and not base.needs_w0:  # one matrix less held
                 w0.release()
-            result = self._compare(base, w0, w.matrix(), factors, solver)
+            result, base = self._compare(base, w0, w.matrix(), factors, solver)
             self.cache.put_result(key, result)
             computed = True
             self._done_with(name, index, result, cached=False)
@@ -566,7 +566,7 @@ class Scan:
                 self._use(self.comparison.base.path, "base", w0.key)
                 base = self.cache.get_base(w0.key, w0.shape) or self._decompose_base(w0.key, w0.matrix(), solver)
                 self._use(model.path, "pair", key)
-                result = self._compare(base, w0, w, factors, solver)
+                result, _ = self._compare(base, w0, w, factors, solver)
                 self.cache.put_result(key, result)
                 found = result.max_cos[:top].astype(np.float64)
                 counts = MatrixCounts(w0.shape, k, epsilon, found, found, how)
@@ -586,15 +586,18 @@ class Scan:
         return base
 
     def _compare(self, base: Decomposition | CompactBase, w0: _Weight, w: torch.Tensor,
-                 factors: tuple[torch.Tensor, torch.Tensor] | None, solver: torch.device) -> MatrixResult:
-        """`compare`, W0 decomposed again where its cached compact form leaves a flag open."""
+                 factors: tuple[torch.Tensor, torch.Tensor] | None,
+                 solver: torch.device) -> tuple[MatrixResult, Decomposition | CompactBase]:
+        """`compare`, W0 decomposed again where its cached compact form leaves a flag open; and the
+        base it compared with, for the job's next tuned model (W0 is decomposed again once at most)."""
         matrix = w0.matrix().to(solver) if factors is None or base.needs_w0 else None
         result = compare(base, matrix, w.to(solver), factors)
         if result is None:
             self.redecomposed += 1
             matrix = w0.matrix().to(solver)
-            result = compare(decompose(matrix), matrix if factors is None else None, w.to(solver), factors)
-        return result
+            base = decompose(matrix)
+            result = compare(base, matrix if factors is None else None, w.to(solver), factors)
+        return result, base
 
 
 class _Weight:

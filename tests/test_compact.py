@@ -160,7 +160,7 @@ def _with_top_vector(m: int, n: int, top: torch.Tensor, seed: int) -> torch.Tens
 def test_a_second_model_on_a_cached_base_decomposes_it_again_only_where_a_flag_is_open(tmp_path):
     """Two fine-tunes of one base: the second reads the base from the cache; its top vector planted
     1e-5 above ε from a quantized base vector leaves that matrix open, and it alone is decomposed
-    again. Every flag is the naive one."""
+    again (once, whatever the number of tuned models that need it). Every flag is the naive one."""
     names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(3)]
     w0 = {name: trained_like(256, 192, seed=10 + i) for i, name in enumerate(names)}
 
@@ -179,6 +179,11 @@ def test_a_second_model_on_a_cached_base_decomposes_it_again_only_where_a_flag_i
     assert Scan(open_comparison(str(base), [str(first)]), cache).run().redecomposed == 0
     scan = Scan(open_comparison(str(base), [str(second)]), cache).run()
     assert scan.redecomposed == 1
+    # two such models in one scan: W0 is decomposed again once, for the first, and serves both
+    third = _model(tmp_path / "third", {**second_w, names[0]: tuned(names[0], 0.5 + 2e-5, 40)}, torch.float32)
+    fresh = Cache(tmp_path / "fresh")
+    Scan(open_comparison(str(base), [str(first)]), fresh).run()
+    assert Scan(open_comparison(str(base), [str(second), str(third)]), fresh).run().redecomposed == 1
     for (_, name), result in scan.results.items():
         assert isinstance(result, MatrixResult)
         reference = naive_max_cos(w0[name], second_w[name]).numpy()
