@@ -26,6 +26,8 @@ Columns (each a whole process, peak RSS its own, fastest of --repeat runs):
                floor for "all cached", which must not be slower
   counts cold  spectui scan --counts-only, empty cache (certified flags; the base's spectrum only)
   counts base cached   the same with the base's spectra cached (a second adapter)
+  counts base decomposed   the same after a full scan cached the base's decompositions (a second
+               adapter's CI gate after the first was browsed in the inspector)
 Flags (intruder ranks at k=10, ε=0.5) must be identical to the paper's in every column; the counts
 columns also say how many matrices the certificates left to the exact path (W0's full decomposition).
 Results go to bench/results/realshape-<time>.json.
@@ -165,8 +167,9 @@ def paper_fp32(base: str, tuned: str, device: str) -> dict[str, list[int]]:
 
 
 def spectui_scan(base: str, tuned: str, cache: str, device: str, counts: bool = False):
-    """The flags; how many matrices the certificates left to the exact path (counts only), and how
-    many had W0 decomposed again as its cached compact form left a flag open."""
+    """The flags; how many matrices the certificates left to the exact path (counts only), how
+    many had W0 decomposed again as its cached compact form left a flag open, and how many
+    matrices each route decided (counts only)."""
     from spectui.cache import Cache
     from spectui.checkpoint.comparison import open_comparison
     from spectui.engine import Scan
@@ -177,7 +180,11 @@ def spectui_scan(base: str, tuned: str, cache: str, device: str, counts: bool = 
     if scan.errors:
         raise SystemExit(f"scan failed: {next(iter(scan.errors.values())).message}")
     flags = {name: r.intruder_ranks(K, EPS) for (_, name), r in scan.results.items()}
-    return flags, scan.fallbacks, scan.redecomposed
+    routes = {}
+    for result in scan.results.values():
+        how = getattr(result, "decided_by", "full scan")
+        routes[how] = routes.get(how, 0) + 1
+    return flags, scan.fallbacks, scan.redecomposed, routes
 
 
 def read_and_hash(*folders: str) -> None:
@@ -199,18 +206,19 @@ def child(mode: str, base: str, tuned: str, cache: str, device: str) -> None:
     import spectui.engine  # noqa: F401
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    fallbacks = redecomposed = None
+    fallbacks = redecomposed = routes = None
     if mode == "read_hash":
         flags = read_and_hash(base, tuned)
     elif mode == "paper":
         flags = paper_fp32(base, tuned, device)
     else:
-        flags, fallbacks, redecomposed = spectui_scan(base, tuned, cache, device, counts=mode == "counts")
+        flags, fallbacks, redecomposed, routes = spectui_scan(base, tuned, cache, device, counts=mode == "counts")
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     cpu = time.process_time() - cpu_start
     print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": cpu, "peak_mb": peak_rss_mb(),
-                      "flags": flags, "fallbacks": fallbacks, "redecomposed": redecomposed}))
+                      "flags": flags, "fallbacks": fallbacks, "redecomposed": redecomposed,
+                      "decided_by": routes}))
 
 
 DEVICE = "cpu"  # set from --device
@@ -235,7 +243,7 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
     cache = workdir / f"cache-{case}-{tuned_kind}"
     counts_cache = workdir / f"cache-{case}-{tuned_kind}-counts"
     runs: dict[str, list[dict]] = {"paper": [], "cold": [], "base_cached": [], "all_cached": [], "read_hash": [],
-                                   "counts_cold": [], "counts_base_cached": []}
+                                   "counts_cold": [], "counts_base_cached": [], "counts_base_decomposed": []}
     for _ in range(repeat):
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(counts_cache, ignore_errors=True)
@@ -246,6 +254,8 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
         runs["base_cached"].append(measure("spectui", base, tuned, cache))
         runs["all_cached"].append(measure("spectui", base, tuned, cache))
         runs["read_hash"].append(measure("read_hash", base, tuned, cache))
+        shutil.rmtree(cache / "pair")
+        runs["counts_base_decomposed"].append(measure("counts", base, tuned, cache))
         runs["counts_cold"].append(measure("counts", base, tuned, counts_cache))
         counts_written = sum(cache_bytes(counts_cache, kind) for kind in ("spectrum", "base"))
         shutil.rmtree(counts_cache / "pair", ignore_errors=True)  # a fallback's full result: not for a new model
@@ -261,7 +271,8 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
            "base_cache_bytes": written, "base_checkpoint_bytes": base_bytes,
            "cache_ratio": written / base_bytes, "counts_cache_ratio": counts_written / base_bytes,
            "counts_fallbacks": best["counts_cold"]["fallbacks"],
-           "base_cached_redecomposed": best["base_cached"]["redecomposed"]}
+           "base_cached_redecomposed": best["base_cached"]["redecomposed"],
+           "decided_by": {mode: best[mode]["decided_by"] for mode in best if mode.startswith("counts")}}
     for mode, r in best.items():
         row[f"{mode}_s"] = r["seconds"] / measured_layers  # per layer
         row[f"{mode}_cpu_s"] = r["cpu_seconds"] / measured_layers
@@ -273,7 +284,8 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
         f"{row[f'{mode}_peak_mb']:.0f} MB)" for mode in best) +
         f" | cache {row['cache_ratio']:.2f}× base (counts: {row['counts_cache_ratio']:.3f}×, "
         f"{row['counts_fallbacks']} left to the exact path; base cached: {row['base_cached_redecomposed']} "
-        f"decomposed again) | flags identical: {row['flags_identical']}", flush=True)
+        f"decomposed again) | counts decided by {row['decided_by']} | flags identical: {row['flags_identical']}",
+        flush=True)
     return row
 
 

@@ -106,6 +106,19 @@ class CompactBase:
         """Lower and upper bounds (float64) on each tuned vector's max|cos|."""
         return self._max_bounds(*self._cosines(tuned_u, w0))
 
+    def count_bounds(self, tuned_u: torch.Tensor, tuned_error: np.ndarray,
+                     w0: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """Bounds on max|cos| of tuned vectors known only within `tuned_error` (float64 columns, as
+        `certify.tuned_top` finds them): the counts of a new tuned model on a cached base, from its
+        products with the stored vectors alone. The head's cosines are float64 products of float32
+        vectors, each within _HEAD_ERROR of W0's; |ũ_jᵀu0_i − u_jᵀu0_i| ≤ ‖ũ_j − u_j‖ widens all."""
+        u = tuned_u.to(torch.float64)
+        head = (u.T @ self.head.to(u.device).to(torch.float64)).abs()
+        near, bound = self._rest_cosines(u, w0)
+        lower, upper = self._max_bounds(head, near, bound, head_bound=_HEAD_ERROR + _FLOAT32_ULP)
+        slack = torch.as_tensor(np.asarray(tuned_error, dtype=np.float64), device=u.device)
+        return (lower - slack).clamp(min=0).cpu().numpy(), (upper + slack).clamp(max=1.0).cpu().numpy()
+
     def _cosines(self, tuned_u: torch.Tensor, w0: torch.Tensor | None):
         """|cosines| with the head (float32, as the full decomposition's own product), with the
         quantized vectors (float64) and the latter's bounds."""
@@ -113,12 +126,15 @@ class CompactBase:
         return (head, *self._rest_cosines(tuned_u.to(torch.float64), w0))
 
     @staticmethod
-    def _max_bounds(head: torch.Tensor, near: torch.Tensor, bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        exact = head.max(dim=1).values.to(torch.float64)
+    def _max_bounds(head: torch.Tensor, near: torch.Tensor, bound: torch.Tensor,
+                    head_bound: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`head_bound`: how far the head's cosines may be off (0: they are the values themselves)."""
+        top = head.max(dim=1).values.to(torch.float64)
+        lower, upper = top - head_bound, top + head_bound
         if near.shape[1] == 0:
-            return exact, exact
-        lower = torch.maximum(exact, (near - bound).amax(dim=1))
-        return lower, torch.maximum(exact, (near + bound).amax(dim=1)).clamp(max=1 + _FLOAT32_ULP)
+            return lower, upper
+        lower = torch.maximum(lower, (near - bound).amax(dim=1))
+        return lower, torch.maximum(upper, (near + bound).amax(dim=1)).clamp(max=1 + _FLOAT32_ULP)
 
     def _rest_cosines(self, t: torch.Tensor, w0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """|c̃_ij| for the quantized vectors i and their bounds (module docstring), float64; each bound

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from spectui.cache import Cache, tensor_digest
+from spectui.certify import Flags, TunedTop, base_head, certify, certify_reduced, tuned_top
 from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import load_matrix
@@ -510,17 +511,13 @@ class Scan:
 
     def _count_matrix(self, name: str, device: torch.device, w0: _Weight) -> bool:
         """The counts phase of one base matrix: per tuned model, a cached full result if there is
-        one; else, with W0's spectrum cached, the certificates on products with W0; else, or where
-        those leave a vector open, the certificates on W0's Gram reduced to tridiagonal form (its
-        spectrum cached: it is all a second tuned model needs of W0); what none decides (tuned vectors
-        not separated, a vector within rounding of ε) goes to the exact path, as everything does on a
-        GPU with fast float64 (`certifies`)."""
-        from spectui.certify import base_head, certify, certify_reduced, tuned_top
-
+        one; else the certificates (`_BaseEvidence`: from W0's cached decomposition, its cached
+        spectrum, or its Gram reduced to tridiagonal form); what none decides (tuned vectors not
+        separated, a vector within rounding of ε) goes to the exact path, as everything does on a GPU
+        with fast float64 (`certifies`)."""
         k, epsilon = self.counts
         computed = False
-        spectrum = gram = reduction = None
-        tall = w0.shape[0] > w0.shape[1]
+        evidence = _BaseEvidence(self, w0)
         solver, certified = solver_device(device), certifies(device)
         for index, model, spec in self._tuned(name):
             top = min(k, *w0.shape)
@@ -536,32 +533,12 @@ class Scan:
                 self._counted(name, index, MatrixCounts(w0.shape, k, epsilon, ones, ones, "unchanged"), False)
                 continue
             w = weight.matrix()
-            if certified and spectrum is None:
-                self._use(self.comparison.base.path, "spectrum", w0.key)
-                spectrum = self.cache.get_spectrum(w0.key, w0.shape)
             tuned = tuned_top(w, top) if certified else None
-            flags, how = None, "bounds"
-            if tuned is not None and spectrum is not None and reduction is None:
-                if tall and gram is None:
-                    gram = full_gram(w0.matrix())  # the bounds' products; the reduction's input if they fall short
-                flags = certify(w0.matrix(), tuned, spectrum.sigma, epsilon, gram, (spectrum.head, spectrum.head_error))
-            if tuned is not None and (flags is None or not flags.decided):
-                if reduction is None:
-                    reduction = reduce(gram if gram is not None else gram_of(w0.matrix()), scratch=True)
-                    gram = None
-                    if reduction is not None:
-                        lam = reduction.eigenvalues()
-                        if spectrum is None:
-                            sigma = np.sqrt(np.clip(lam, 0, None))[::-1].copy()
-                            spectrum = BaseSpectrum(sigma, *base_head(w0.matrix(), reduction, lam))
-                            self.cache.put_spectrum(w0.key, spectrum)
-                if reduction is not None:
-                    flags, how = certify_reduced(w0.matrix(), reduction, lam, tuned, epsilon), "reduction"
-            if flags is not None and flags.decided:
+            flags, how = evidence.flags(tuned, epsilon) if tuned is not None else (None, "exact")
+            if flags is not None:
                 counts = MatrixCounts(w0.shape, k, epsilon, flags.lower, flags.upper, how)
             else:
-                how = "exact"
-                reduction = gram = None  # W0's decomposition is the bigger peak
+                evidence.release()  # W0's decomposition is the bigger peak
                 self.fallbacks += certified
                 self._use(self.comparison.base.path, "base", w0.key)
                 base = self.cache.get_base(w0.key, w0.shape) or self._decompose_base(w0.key, w0.matrix(), solver)
@@ -598,6 +575,74 @@ class Scan:
             base = decompose(matrix)
             result = compare(base, matrix if factors is None else None, w.to(solver), factors)
         return result, base
+
+
+class _BaseEvidence:
+    """What the counts of one base matrix know of W0, cheapest first, each read or computed once per
+    job and kept for its next tuned model: its cached decomposition (`CompactBase`: cosines with
+    proven bounds, a few products), its cached spectrum (Lanczos certificates on products with W0;
+    a tall W0's float64 Gram), its Gram reduced to tridiagonal form (whose spectrum is then cached:
+    all that a second tuned model needs of W0 besides its decomposition)."""
+
+    _UNREAD = object()
+
+    def __init__(self, scan: Scan, w0: _Weight):
+        self._scan, self._w0 = scan, w0
+        self._compact = self._spectrum = self._UNREAD
+        self._gram = self._reduction = self._lam = None
+
+    def flags(self, tuned: TunedTop, epsilon: float) -> tuple[Flags | None, str]:
+        """(flags, how they were decided) for the top tuned vectors, or (None, "exact") where no
+        evidence decides them all."""
+        for how, attempt in (("compact", self._from_compact), ("bounds", self._from_spectrum),
+                             ("reduction", self._from_reduction)):
+            flags = attempt(tuned, epsilon)
+            if flags is not None and flags.decided:
+                return flags, how
+        return None, "exact"
+
+    def release(self) -> None:
+        self._gram = self._reduction = None
+
+    def _read(self, kind: str, get):
+        found = get(self._w0.key, self._w0.shape)
+        if found is not None:
+            self._scan._use(self._scan.comparison.base.path, kind, self._w0.key)
+        return found
+
+    def _from_compact(self, tuned: TunedTop, epsilon: float) -> Flags | None:
+        if self._compact is self._UNREAD:
+            self._compact = self._read("base", self._scan.cache.get_base)
+        if self._compact is None:
+            return None
+        w0 = self._w0.matrix() if self._compact.needs_w0 else None
+        return Flags(*self._compact.count_bounds(tuned.u, tuned.error, w0), epsilon=float(np.float32(epsilon)))
+
+    def _from_spectrum(self, tuned: TunedTop, epsilon: float) -> Flags | None:
+        if self._spectrum is self._UNREAD:
+            self._spectrum = self._read("spectrum", self._scan.cache.get_spectrum)
+        if self._spectrum is None or self._reduction is not None:  # the reduction decides more
+            return None
+        w0 = self._w0.matrix()
+        if w0.shape[0] > w0.shape[1] and self._gram is None:
+            self._gram = full_gram(w0)  # the bounds' products; the reduction's input if they fall short
+        head = (self._spectrum.head, self._spectrum.head_error)
+        return certify(w0, tuned, self._spectrum.sigma, epsilon, self._gram, head)
+
+    def _from_reduction(self, tuned: TunedTop, epsilon: float) -> Flags | None:
+        w0 = self._w0.matrix()
+        if self._reduction is None:
+            self._reduction = reduce(self._gram if self._gram is not None else gram_of(w0), scratch=True)
+            self._gram = None
+            if self._reduction is None:
+                return None
+            self._lam = self._reduction.eigenvalues()
+            if self._spectrum in (None, self._UNREAD):
+                sigma = np.sqrt(np.clip(self._lam, 0, None))[::-1].copy()
+                self._spectrum = BaseSpectrum(sigma, *base_head(w0, self._reduction, self._lam))
+                self._scan.cache.put_spectrum(self._w0.key, self._spectrum)
+                self._scan._use(self._scan.comparison.base.path, "spectrum", self._w0.key)
+        return certify_reduced(w0, self._reduction, self._lam, tuned, epsilon)
 
 
 class _Weight:

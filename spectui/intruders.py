@@ -23,9 +23,10 @@ def intruder_ranks(max_cos: np.ndarray, k: int, epsilon: float) -> list[int]:
 class MatrixCounts:
     """One matrix pair's flags at a single (k, ε), without spectra: what `spectui scan --counts-only`
     fills. `lower`/`upper` bound max|cos| of each of the top k tuned vectors (equal where it was
-    found exactly). `decided_by`: "bounds" (certified from products with W0 on its cached
-    spectrum), "reduction" (certified on W0's Gram reduced to tridiagonal form), "exact" (the full
-    comparison, as a plain scan does it), "cache" (a full result was cached) or "unchanged" (W = W0)."""
+    found exactly). `decided_by`: "compact" (certified from W0's cached decomposition,
+    `compact.CompactBase`), "bounds" (certified from products with W0 on its cached spectrum),
+    "reduction" (certified on W0's Gram reduced to tridiagonal form), "exact" (the full comparison,
+    as a plain scan does it), "cache" (a full result was cached) or "unchanged" (W = W0)."""
 
     shape: tuple[int, int]
     k: int

@@ -15,6 +15,7 @@ from naive import naive_max_cos
 from safetensors.torch import save_file
 
 from spectui.cache import Cache
+from spectui.certify import Flags, tuned_top
 from spectui.checkpoint.comparison import open_comparison
 from spectui.compact import VALUE_TOLERANCE
 from spectui.defaults import EPSILON_SWEEP, TOP_VECTORS
@@ -151,10 +152,65 @@ def _model(path, tensors, dtype=torch.bfloat16):
 def _with_top_vector(m: int, n: int, top: torch.Tensor, seed: int) -> torch.Tensor:
     """A matrix whose top left singular vector is `top`, well separated from the next."""
     gen = torch.Generator().manual_seed(seed)
-    u = torch.linalg.qr(torch.cat([top[:, None], torch.randn(m, n - 1, generator=gen, dtype=torch.float64)], 1)).Q
+    r = min(m, n)
+    u = torch.linalg.qr(torch.cat([top[:, None], torch.randn(m, r - 1, generator=gen, dtype=torch.float64)], 1)).Q
     u[:, 0] = top
-    v = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64)).Q
-    return ((u * torch.logspace(1, -1, n, dtype=torch.float64)) @ v.T).float()
+    v = torch.linalg.qr(torch.randn(n, r, generator=gen, dtype=torch.float64)).Q
+    return ((u * torch.logspace(1, -1, r, dtype=torch.float64)) @ v.T).float()
+
+
+def _planted(w0: torch.Tensor, index: int, cosine: float, seed: int) -> torch.Tensor:
+    """A tuned matrix whose top left vector has |cos| `cosine` with W0's left vector `index`."""
+    m, n = w0.shape
+    u0 = torch.linalg.svd(w0.double(), full_matrices=False).U
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, generator=gen, dtype=torch.float64)
+    z = _unit(z - u0[:, index] * (u0[:, index] @ z))
+    return _with_top_vector(m, n, cosine * u0[:, index] + math.sqrt(1 - cosine**2) * z, seed)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("index", [3, TAIL])
+@pytest.mark.parametrize("offset", [-1e-2, -1e-3, -1e-5, 1e-5, 1e-3, 1e-2])
+def test_counts_from_a_cached_base_are_the_naive_flags_or_left_open(shape, index, offset):
+    """A new tuned model's counts on a cached base (`count_bounds`): tuned vectors found by block
+    Krylov within their error, cosines with the stored vectors within theirs. Every bound holds
+    against two float64 SVDs; a vector 1e-3 or more from ε is decided, and as the naive method does."""
+    w0 = trained_like(*shape, seed=11)
+    w = _planted(w0, index, 0.5 + offset, seed=12)
+    reference = naive_max_cos(w0, w)[:10].numpy()
+    assert abs(reference[0] - (0.5 + offset)) < 1e-6
+    tuned = tuned_top(w, 10)
+    compact = decompose_base(w0)[1]
+    lower, upper = compact.count_bounds(tuned.u, tuned.error, w0 if compact.needs_w0 else None)
+    assert (lower <= reference + 1e-9).all() and (upper >= reference - 1e-9).all()
+    flags = Flags(lower, upper, epsilon=0.5)
+    if abs(offset) >= 1e-3:
+        assert flags.decided
+    if flags.decided:
+        assert flags.intruder_ranks() == [int(j) for j in np.flatnonzero(reference < np.float32(0.5))]
+
+
+def test_a_new_model_is_counted_from_the_cached_base(tmp_path):
+    """After a full scan, a second tuned model's counts-only scan is decided from the base's cached
+    decomposition (no reduction of W0); its top vector planted 1e-5 above ε leaves that matrix to
+    the other routes. Every flag is the naive one."""
+    names = [f"model.layers.{i}.mlp.{kind}.weight" for i, kind in enumerate(("up_proj", "down_proj", "up_proj"))]
+    w0 = {name: trained_like(256, 192, seed=50 + i) if "up" in name else trained_like(192, 256, seed=50 + i)
+          for i, name in enumerate(names)}
+    base = _model(tmp_path / "base", w0)
+    first = _model(tmp_path / "first", {name: _planted(w, TAIL, 0.8, 60 + i) for i, (name, w) in enumerate(w0.items())})
+    cosines = {names[0]: 0.5 + 1e-5, names[1]: 0.35, names[2]: 0.7}
+    second_w = {name: _planted(w, TAIL, cosines[name], 70 + i) for i, (name, w) in enumerate(w0.items())}
+    second = _model(tmp_path / "second", second_w, torch.float32)
+    cache = Cache(tmp_path / "cache")
+    Scan(open_comparison(str(base), [str(first)]), cache).run()
+    scan = Scan(open_comparison(str(base), [str(second)]), cache, counts=(10, 0.5)).run()
+    how = {name: counts.decided_by for (_, name), counts in scan.results.items()}
+    assert how[names[1]] == how[names[2]] == "compact" and how[names[0]] != "compact"
+    for (_, name), counts in scan.results.items():
+        reference = naive_max_cos(w0[name], second_w[name])[:10].numpy()
+        assert counts.intruder_ranks(10, 0.5) == [int(j) for j in np.flatnonzero(reference < np.float32(0.5))]
 
 
 def test_a_second_model_on_a_cached_base_decomposes_it_again_only_where_a_flag_is_open(tmp_path):

@@ -64,7 +64,7 @@ def counts_record(spec: MatrixSpec, counts: MatrixCounts, k: int, epsilon: float
     }
 
 
-DECIDED_BY = ("bounds", "reduction", "exact", "cache", "unchanged")
+DECIDED_BY = ("compact", "bounds", "reduction", "exact", "cache", "unchanged")
 
 
 def _floats(values: np.ndarray) -> list[float]:

@@ -51,13 +51,13 @@ def counts_tables(scan: ScanResults, k: int, epsilon: float) -> list[Table]:
     summary = Table(title=f"Intruder dimensions in {scan.comparison.base.path} → tuned (k={k}, ε={epsilon}; "
                           "counts only)")
     for column in ("tuned model", "kind", "intruders", "matrices with",
-                   "decided by bounds / reduction / exact / cache", "skipped"):
+                   "decided by compact / bounds / reduction / exact / cache", "skipped"):
         summary.add_column(column, justify="left" if column in ("tuned model", "kind") else "right")
     for r in records:
         how = r["decided_by"]
         summary.add_row(r["label"], r["description"], str(r["total_intruders"]),
                         f"{sum(1 for m in r['matrices'] if m['intruders'])}/{len(r['matrices'])}",
-                        f"{how['bounds']} / {how['reduction']} / {how['exact']} / {how['cache']}",
+                        f"{how['compact']} / {how['bounds']} / {how['reduction']} / {how['exact']} / {how['cache']}",
                         str(len(r["skipped"])))
     detail = Table(title="Matrices with intruders (ranks in the tuned spectrum)")
     detail.add_column("tuned model")
