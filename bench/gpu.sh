@@ -17,6 +17,18 @@ for i in range(torch.cuda.device_count()):
     print(f"cuda:{i} {p.name} {p.total_memory / 2**30:.0f} GiB")
 from spectui.engine import _fp64_ratio
 print(f"float64 / float32 matmul time on cuda:0: {_fp64_ratio(0):.1f}× (solves stay on the GPU below 8×)")
+# Whether same-shape batching pays: 8 float64 Gram eigen-decompositions in one batched call against
+# one call each (torch batches cuSOLVER's Jacobi solver only up to 32×32 and loops above).
+import time
+for n in (32, 128, 1024, 4096):
+    g = torch.randn(8, n, n, device="cuda:0", dtype=torch.float64)
+    g = g @ g.transpose(1, 2)
+    times = []
+    for run in (lambda: torch.linalg.eigh(g), lambda: [torch.linalg.eigh(x) for x in g]):
+        run(); torch.cuda.synchronize()
+        start = time.perf_counter(); run(); torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    print(f"eigh 8×{n}²: batched {times[0] * 1e3:.1f} ms, one by one {times[1] * 1e3:.1f} ms ({times[1] / times[0]:.1f}×)")
 PY
 python bench/realshape.py --device cuda --case 8b moe 70b --tuned lora dense "$@"
 if [ -n "${OUT:-}" ]; then cp bench/results/realshape-*.json "$OUT"/; fi

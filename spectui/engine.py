@@ -219,6 +219,25 @@ def default_memory() -> int:
         return 1 << 62
 
 
+def worker_stream(device: torch.device):
+    """A GPU worker's own CUDA stream for everything it runs: on the default stream two workers'
+    kernels and copies would wait for each other, on their own one's copies overlap the other's
+    solves. (Nothing to do on the CPU.)"""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.cuda.set_device(device)
+    return torch.cuda.stream(torch.cuda.Stream(device))
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host matrix on `device`; to a GPU through pinned memory without blocking, so this thread
+    goes on reading while the copy runs on its stream (torch's caching host allocator holds the
+    pinned block until the copy is done, and reuses it for the next matrix)."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def default_workers(devices: list[torch.device]) -> int:
     """On the CPU two single-threaded solves beat one two-threaded one (LAPACK's eigen-solvers scale
     poorly); on GPUs two workers each, so one reads the next matrix while the other computes."""
@@ -406,8 +425,16 @@ class Scan:
         # slower than 2), so torch keeps one thread per worker.
         torch.set_num_threads(1)
         _yield_to_interactive_threads()
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        try:
+            with worker_stream(device):
+                self._work_through_jobs(device)
+        finally:  # however this worker ends, the scan finishes when the last one does
+            with self._lock:
+                self._live -= 1
+                if self._live == 0:
+                    self._finish_locked()
+
+    def _work_through_jobs(self, device: torch.device) -> None:
         while (job := self._next()) is not None:
             phase, name = job
             computed = False
@@ -424,10 +451,6 @@ class Scan:
                 self._done.add(job)
                 self._held -= self._bytes[name]
                 self._lock.notify_all()
-        with self._lock:
-            self._live -= 1
-            if self._live == 0:
-                self._finish_locked()
 
     def _finish_locked(self) -> None:
         torch.set_num_threads(self._torch_threads)
@@ -478,7 +501,7 @@ class Scan:
             if w.same_as(w0):
                 # the fine-tune left it as it was: no decomposition, nothing to cache
                 base = base or self.cache.get_base(w0.key, w0.shape)
-                sigma = base.sigma if base is not None else singular_values(w0.matrix().to(solver))
+                sigma = base.sigma if base is not None else singular_values(to_device(w0.matrix(), solver))
                 self._done_with(name, index, unchanged_result(sigma, w0.shape), cached=False)
                 continue
             base = base or self.cache.get_base(w0.key, w0.shape)
@@ -558,7 +581,7 @@ class Scan:
         self.on_event(MatrixDone(name, index, counts, cached))
 
     def _decompose_base(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
-        base, kept = decompose_base(w0.to(device))
+        base, kept = decompose_base(to_device(w0, device))
         self.cache.put_base(base_key, kept)
         return base
 
@@ -567,13 +590,13 @@ class Scan:
                  solver: torch.device) -> tuple[MatrixResult, Decomposition | CompactBase]:
         """`compare`, W0 decomposed again where its cached compact form leaves a flag open; and the
         base it compared with, for the job's next tuned model (W0 is decomposed again once at most)."""
-        matrix = w0.matrix().to(solver) if factors is None or base.needs_w0 else None
-        result = compare(base, matrix, w.to(solver), factors)
+        matrix = to_device(w0.matrix(), solver) if factors is None or base.needs_w0 else None
+        result = compare(base, matrix, to_device(w, solver), factors)
         if result is None:
             self.redecomposed += 1
-            matrix = w0.matrix().to(solver)
+            matrix = to_device(w0.matrix(), solver)
             base = decompose(matrix)
-            result = compare(base, matrix if factors is None else None, w.to(solver), factors)
+            result = compare(base, matrix if factors is None else None, to_device(w, solver), factors)
         return result, base
 
 

@@ -1,5 +1,6 @@
 """The on-disk cache and the scan engine: reuse, damage, priorities, cancellation, sharing."""
 
+import contextlib
 import os
 import threading
 import time
@@ -284,10 +285,14 @@ def test_a_matrix_that_runs_out_of_gpu_memory_is_done_on_the_cpu(tiny, cache_dir
     monkeypatch.setattr(engine, "resolve_devices", lambda device: [torch.device("cuda", 0)])
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    streams = []  # each worker runs on a stream of its own (`engine.worker_stream`)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: streams.append(device) or len(streams))
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     events = []
     comparison = open_comparison(str(tiny / "base"), [str(tiny / "lora")])
     scan = Scan(comparison, Cache(None), device="cuda", on_event=events.append).run()
     notices = [e.message for e in events if isinstance(e, engine.ScanNotice)]
+    assert streams == [torch.device("cuda", 0)] * scan.workers
     assert not scan.errors and len(failed) == len(notices) == len(scan.names) > 0
     assert all("computed on the CPU" in n for n in notices)
     same_results(scan.results, expected)
