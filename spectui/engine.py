@@ -564,7 +564,7 @@ class Scan:
                 evidence.release()  # W0's decomposition is the bigger peak
                 self.fallbacks += certified
                 self._use(self.comparison.base.path, "base", w0.key)
-                base = self.cache.get_base(w0.key, w0.shape) or self._decompose_base(w0.key, w0.matrix(), solver)
+                base = evidence.base() or self._decompose_base(w0.key, w0.matrix(), solver)
                 self._use(model.path, "pair", key)
                 result, _ = self._compare(base, w0, w, factors, solver)
                 self.cache.put_result(key, result)
@@ -627,6 +627,12 @@ class _BaseEvidence:
     def release(self) -> None:
         self._gram = self._reduction = None
 
+    def base(self) -> CompactBase | None:
+        """W0's cached decomposition, for the exact path (read once)."""
+        if self._compact is self._UNREAD:
+            self._compact = self._read("base", self._scan.cache.get_base)
+        return self._compact
+
     def _read(self, kind: str, get):
         found = get(self._w0.key, self._w0.shape)
         if found is not None:
@@ -634,12 +640,11 @@ class _BaseEvidence:
         return found
 
     def _from_compact(self, tuned: TunedTop, epsilon: float) -> Flags | None:
-        if self._compact is self._UNREAD:
-            self._compact = self._read("base", self._scan.cache.get_base)
-        if self._compact is None:
+        compact = self.base()
+        if compact is None:
             return None
-        w0 = self._w0.matrix() if self._compact.needs_w0 else None
-        return Flags(*self._compact.count_bounds(tuned.u, tuned.error, w0), epsilon=float(np.float32(epsilon)))
+        w0 = self._w0.matrix() if compact.needs_w0 else None
+        return Flags(*compact.count_bounds(tuned.u, tuned.error, w0), epsilon=float(np.float32(epsilon)))
 
     def _from_spectrum(self, tuned: TunedTop, epsilon: float) -> Flags | None:
         if self._spectrum is self._UNREAD:

@@ -95,6 +95,8 @@ def test_a_zero_singular_value_of_a_tall_base_leaves_its_flags_open():
     u0 = torch.linalg.svd(w0.double(), full_matrices=False).U
     _, compact = decompose_base(w0)
     assert compact.max_cos(probes(u0, seed=6).float(), w0) is None
+    tuned = tuned_top(_planted(w0, 3, 0.8, seed=6), 10)  # and a new model's counts from it
+    assert not Flags(*compact.count_bounds(tuned.u, tuned.error, w0), epsilon=0.5).decided
 
 
 def test_the_decomposition_and_its_compact_form_give_one_result():
