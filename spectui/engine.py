@@ -647,6 +647,8 @@ class _BaseEvidence:
         return Flags(*compact.count_bounds(tuned.u, tuned.error, w0), epsilon=float(np.float32(epsilon)))
 
     def _from_spectrum(self, tuned: TunedTop, epsilon: float) -> Flags | None:
+        if self.base() is not None:  # its bounds (~1e-5) left a vector open: these are looser, reduce
+            return None
         if self._spectrum is self._UNREAD:
             self._spectrum = self._read("spectrum", self._scan.cache.get_spectrum)
         if self._spectrum is None or self._reduction is not None:  # the reduction decides more
