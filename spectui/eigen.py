@@ -61,8 +61,7 @@ def eigvalsh(gram: torch.Tensor, scratch: bool = False) -> torch.Tensor:
     """Every eigenvalue (`scratch` as for `eigh`)."""
     if not _on_lapack(gram):
         return torch.linalg.eigvalsh(gram)
-    d, e, _ = lapack.sytrd(_lapack_copy(gram, scratch))
-    return torch.from_numpy(lapack.sterf(d, e))
+    return torch.from_numpy(lapack.eigenvalues(_lapack_copy(gram, scratch)))
 
 
 def eigh_top(gram: torch.Tensor, count: int, scratch: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

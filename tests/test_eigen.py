@@ -46,6 +46,29 @@ def test_top_vectors_and_all_values_match_a_full_solve(kind):
                                atol=1e-12 * reference_lam[-1])
 
 
+@pytest.mark.parametrize("two_stage", [True, False], ids=["two-stage", "dsytrd"])
+@pytest.mark.parametrize("kind", SPECTRA)
+def test_every_eigenvalue_by_either_reduction_matches_a_full_solve(kind, two_stage, monkeypatch):
+    """`eigvalsh` takes LAPACK's two-stage solver, found beside SciPy's exports; a library without it
+    falls back on dsytrd and dsterf. Both agree with numpy's full solver to rounding."""
+    from spectui import lapack
+
+    assert lapack.two_stage(), "SciPy's OpenBLAS exports dsyev_2stage: the fast path must be found"
+    monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
+    g = gram_with(SPECTRA[kind])
+    reference = np.linalg.eigvalsh(g.numpy())
+    np.testing.assert_allclose(eigen.eigvalsh(g.clone()).numpy(), reference, rtol=1e-9,
+                               atol=1e-12 * reference[-1])
+
+
+def test_a_library_without_the_routine_is_no_sibling(monkeypatch):
+    from spectui import lapack
+
+    monkeypatch.setitem(lapack._SIBLINGS, "dnosuch", lapack._SIBLINGS["dsyev_2stage"])
+    with pytest.raises(KeyError):
+        lapack._sibling("dnosuch")
+
+
 def test_a_matrix_that_splits_into_blocks_is_solved_in_full():
     a, b = gram_with(np.logspace(0, -3, N // 2), 1).numpy(), gram_with(np.logspace(0.5, -2, N // 2), 2).numpy()
     g = torch.from_numpy(np.block([[a, np.zeros_like(a)], [np.zeros_like(b), b]]))
