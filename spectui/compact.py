@@ -1,11 +1,12 @@
 """A base matrix's decomposition as the cache keeps it: under half of the checkpoint's bytes, and
 still deciding every flag the results are read at exactly.
 
-The top TOP_VECTORS left vectors stay float32: the similarity block, principal angles and energies
-read them, and a cold scan's values come from them unchanged. The other vectors are kept as 16-bit
-integers, one scale per column, each entry within half a step s_i/2 of the float64 vector (fixed
-point spends all sixteen bits on the mantissa: ~30× finer than float16 for a spread-out unit
-vector). Of a tall W0 (m > n) the right vectors are kept instead, n×n rather than m×n, and
+A cold scan compares with this form too (`spectral.decompose_base`), so a pair's values are the same
+cold or cached, and a tall W0's left vectors beyond the head are never formed. The top TOP_VECTORS
+left vectors stay float32: the similarity block, principal angles and energies read them. The other
+vectors are kept as 16-bit integers, one scale per column, each entry within half a step s_i/2 of
+the float64 vector (fixed point spends all sixteen bits on the mantissa: ~30× finer than float16
+for a spread-out unit vector). Of a tall W0 (m > n) the right vectors are kept instead, n×n rather than m×n, and
 u0_i = W0 v0_i / σ_i. So every cosine is known within a bound:
 
     square or wide:  |u_jᵀ u0_i − c̃_ij| ≤ (s_i/2) ‖u_j‖₁
@@ -17,7 +18,7 @@ share; the last term is what the float32 head's projector misses. ρ_i bounds σ
 rounding (float64 eigenvalues of the Gram). These are a few 1e-5 where
 σ_i is not tiny. Where one leaves a flag open at an ε the results are read at (EPSILON_SWEEP, each
 of the top TOP_VECTORS), or leaves max|cos| itself less sure than VALUE_TOLERANCE, `max_cos`
-answers None and the caller decomposes W0 again, as a cold scan does.
+answers None and the caller decomposes W0 again, in full.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from spectui.defaults import EPSILON_SWEEP, TOP_VECTORS
 
 STEPS = 32767  # the largest entry of each kept column, in steps
 VALUE_TOLERANCE = 5e-3  # max|cos| is certified this close (its error is ~1e-5: the bounds are worst cases)
-_COLUMNS = 2048  # kept columns turned back into float64 at a time
+_COLUMNS = 512  # kept columns turned into and back from float64 at a time (4096 rows: 16 MB)
 _ROWS = 2048  # rows of W0 turned into float64 at a time
 _FLOAT32_ULP = 1e-7  # max|cos| is stored in float32 and compared with ε in float32 (intruders.py)
 _HEAD_ERROR = 1e-6  # ‖ũ0_i − u0_i‖ for a float32 head vector, rounded up

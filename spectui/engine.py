@@ -279,7 +279,7 @@ class Scan:
         self.results: dict[tuple[int, str], MatrixResult | MatrixCounts] = {}
         self.counts = counts
         self.fallbacks = 0  # counted pairs the certificates left to the exact path
-        self.redecomposed = 0  # pairs whose cached base (`CompactBase`) left a flag open: W0 decomposed again
+        self.redecomposed = 0  # pairs whose base's compact form (`CompactBase`) left a flag open: W0 decomposed again
         self._used: dict[Path, dict[str, set[str]]] = {}  # cache keys each model's scan used, by kind
         self.errors: dict[str, MatrixFailed] = {}
         self.phases = ("spectra",) if counts is None else ("counts", "spectra") if then_spectra else ("counts",)
@@ -580,15 +580,15 @@ class Scan:
         self.results[(index, name)] = counts
         self.on_event(MatrixDone(name, index, counts, cached))
 
-    def _decompose_base(self, base_key: str, w0: torch.Tensor, device: torch.device) -> Decomposition:
-        base, kept = decompose_base(to_device(w0, device))
-        self.cache.put_base(base_key, kept)
+    def _decompose_base(self, base_key: str, w0: torch.Tensor, device: torch.device) -> CompactBase:
+        base = decompose_base(to_device(w0, device))
+        self.cache.put_base(base_key, base)
         return base
 
     def _compare(self, base: Decomposition | CompactBase, w0: _Weight, w: torch.Tensor,
                  factors: tuple[torch.Tensor, torch.Tensor] | None,
                  solver: torch.device) -> tuple[MatrixResult, Decomposition | CompactBase]:
-        """`compare`, W0 decomposed again where its cached compact form leaves a flag open; and the
+        """`compare`, W0 decomposed again where its compact form leaves a flag open; and the
         base it compared with, for the job's next tuned model (W0 is decomposed again once at most)."""
         matrix = to_device(w0.matrix(), solver) if factors is None or base.needs_w0 else None
         result = compare(base, matrix, to_device(w, solver), factors)

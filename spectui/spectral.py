@@ -42,9 +42,9 @@ _FLAT = 1e-2  # σ_max/σ_min − 1 below this: orthogonal or identity initialis
 
 @dataclass
 class Decomposition:
-    """Singular values (descending, float64) and left singular vectors (columns, float32): all of
-    them for a base matrix (what a cold scan compares with; the cache keeps `CompactBase`), the top
-    TOP_VECTORS for a tuned one."""
+    """Singular values (descending, float64) and left singular vectors (columns, float32): the top
+    TOP_VECTORS of a tuned matrix, or all of a base matrix whose compact form (`decompose_base`)
+    left a flag open (the engine decomposes it again)."""
 
     sigma: torch.Tensor
     u: torch.Tensor
@@ -79,29 +79,38 @@ class BaseSpectrum:
 def decompose(w: torch.Tensor, vectors: int | None = None) -> Decomposition:
     """All singular values and the first `vectors` (default all) left singular vectors of W, via
     the eigen-decomposition of the Gram matrix of its short side, in float64: a float32 solve would
-    rotate the small-σ vectors within their clusters and blur the smallest singular values. A base
-    matrix needs every vector (`decompose_base`); a tuned one only its top vectors, which
-    `eigen.eigh_top` finds for little more than the cost of the eigenvalues."""
-    return _decompose(w, vectors)[0]
+    rotate the small-σ vectors within their clusters and blur the smallest singular values. A tuned
+    matrix needs only its top vectors, which `eigen.eigh_top` finds for little more than the cost of
+    the eigenvalues."""
+    sigma, vecs = _gram_eigen(w, vectors)
+    return Decomposition(sigma=sigma.cpu(), u=_left_vectors(w, vecs, sigma))
 
 
-def decompose_base(w0: torch.Tensor) -> tuple[Decomposition, CompactBase]:
-    """W0's full decomposition, and what the cache keeps of it."""
-    dec, gram_vectors = _decompose(w0, None)
-    return dec, CompactBase.of(dec.sigma, dec.u, gram_vectors)
+def decompose_base(w0: torch.Tensor) -> CompactBase:
+    """W0's full decomposition in the form the cache keeps, which a cold scan compares with too (one
+    answer, cold or cached). Of a tall W0 only the top left vectors are formed: all of them, W0 V0
+    Σ0⁻¹, would be an m×n×n float64 product (a 14336×4096 matrix: ~10 CPU-s and 235 MB) that the
+    compact form does without."""
+    sigma, vecs = _gram_eigen(w0, None)
+    return CompactBase.of(sigma.cpu(), _left_vectors(w0, vecs[:, :TOP_VECTORS], sigma), vecs)
 
 
-def _decompose(w: torch.Tensor, vectors: int | None) -> tuple[Decomposition, torch.Tensor]:
-    """`decompose`, and the float64 eigenvectors of the short side's Gram it came from."""
+def _gram_eigen(w: torch.Tensor, vectors: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """W's singular values (descending) and the first `vectors` (None: all) eigenvectors of its
+    short side's Gram, in that order (float64, on W's device)."""
     m, n = w.shape
     if vectors is None:
         lam, vecs = eigen.eigh(eigen.gram(w), scratch=True)
     else:
         lam, vecs = eigen.eigh_top(eigen.gram(w), min(vectors, m, n), scratch=True)
-    sigma = lam.flip(0).clamp_min(0).sqrt()
-    vecs = vecs.flip(1).to(w.device)
-    u = vecs.to(torch.float32) if m <= n else _left_from_right(w, vecs, sigma[: vecs.shape[1]].to(w.device))
-    return Decomposition(sigma=sigma.cpu(), u=u), vecs
+    return lam.flip(0).clamp_min(0).sqrt(), vecs.flip(1).to(w.device)
+
+
+def _left_vectors(w: torch.Tensor, vecs: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The left singular vectors (float32) for the leading Gram eigenvectors `vecs`."""
+    if w.shape[0] <= w.shape[1]:
+        return vecs.to(torch.float32)
+    return _left_from_right(w, vecs, sigma[: vecs.shape[1]].to(w.device))
 
 
 # Above this σ_i/σ_max, u_i = W v_i / σ_i is orthonormal to ~1e-16 (σ_max/σ_i)² ≤ 1e-6 as it stands.
