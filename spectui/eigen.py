@@ -29,11 +29,13 @@ def gram(w: torch.Tensor, minus: torch.Tensor | None = None) -> torch.Tensor:
     if not _on_lapack(w):
         w = w.to(torch.float64) - (0 if minus is None else minus.to(torch.float64))
         return w @ w.T if m <= n else w.T @ w
-    if w.dtype not in (torch.float32, torch.float64):
-        w = w.to(torch.float32)
-    if minus is not None and minus.dtype not in (torch.float32, torch.float64):
-        minus = minus.to(torch.float32)
-    return torch.from_numpy(lapack.gram_lower(w.numpy(), minus=None if minus is None else minus.numpy()))
+    return torch.from_numpy(lapack.gram_lower(_slabbed(w), minus=None if minus is None else _slabbed(minus)))
+
+
+def _slabbed(w: torch.Tensor):
+    """What `lapack.gram_lower` reads slabs of: a numpy view, or the tensor itself where numpy has no
+    such type (bfloat16)."""
+    return w.numpy() if w.dtype in (torch.float32, torch.float64, torch.float16) else w
 
 
 def full_gram(w: torch.Tensor) -> torch.Tensor:

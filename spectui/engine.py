@@ -138,17 +138,24 @@ def _fp64_ratio(index: int) -> float:
 
 
 class _HeapTrimmer:
-    """glibc keeps freed matrix-sized blocks in its heaps, where later small allocations pin them, so
-    resident memory grew with model depth. Handing free memory back to the system whenever resident
-    memory has grown by SLACK since the last time keeps it flat for a few percent of speed, less than
-    a fixed mmap threshold costs (bench/README.md). No-op off glibc or without /proc."""
+    """glibc keeps freed blocks in its heaps, where later small allocations pin them, so resident
+    memory grew with model depth and with the slabs of each big matrix. Blocks of MMAP_FLOOR and more
+    are mapped on their own and so handed back when freed (glibc's own threshold rises up to 32 MB
+    as blocks are freed: two workers on 8B matrices then held ~500 MB of freed slabs); for the rest,
+    free memory goes back whenever resident memory has grown by SLACK since the last time. Together
+    they cost no measured speed (bench/README.md). No-op off glibc or without /proc."""
 
     SLACK = 64 << 20
+    MMAP_FLOOR = 16 << 20
+    _M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ceiling: int | None = None
-        self._malloc_trim = self._libc_malloc_trim()
+        libc = self._glibc()
+        self._malloc_trim = None if libc is None else libc.malloc_trim
+        if libc is not None:
+            libc.mallopt(self._M_MMAP_THRESHOLD, self.MMAP_FLOOR)
 
     def after_matrix(self) -> None:
         if self._malloc_trim is None or (resident := _resident_bytes()) is None:
@@ -161,12 +168,12 @@ class _HeapTrimmer:
                 self._ceiling = (_resident_bytes() or resident) + self.SLACK
 
     @staticmethod
-    def _libc_malloc_trim():
+    def _glibc():
         import ctypes
         import ctypes.util
 
         name = ctypes.util.find_library("c")
-        return ctypes.CDLL(name).malloc_trim if name and "libc.so" in name else None
+        return ctypes.CDLL(name) if name and "libc.so" in name else None
 
 
 def _resident_bytes() -> int | None:
@@ -690,8 +697,9 @@ class _Weight:
         self._matrix: torch.Tensor | None = None
 
     def matrix(self) -> torch.Tensor:
+        """Oriented and checked; bfloat16 or float16 as stored (every computation converts slabs)."""
         if self._matrix is None:
-            self._matrix = load_matrix(self.source, self.name, self.spec, stored=self._stored)
+            self._matrix = load_matrix(self.source, self.name, self.spec, stored=self._stored, as_stored=True)
             self._stored = None
         return self._matrix
 
@@ -699,8 +707,11 @@ class _Weight:
         self._stored = self._matrix = None
 
     def same_as(self, other: _Weight) -> bool:
-        """Equal matrices: the same stored bytes, or equal once in float32 (read only then)."""
-        return self.key == other.key or torch.equal(self.matrix(), other.matrix())
+        """Equal matrices: the same stored bytes, or equal values (read only then)."""
+        if self.key == other.key:
+            return True
+        a, b = self.matrix(), other.matrix()
+        return torch.equal(a, b) if a.dtype == b.dtype else torch.equal(a.float(), b.float())
 
 
 def _tuned_weight(w0: _Weight, model, spec) -> tuple[_Weight, tuple[torch.Tensor, torch.Tensor] | None, str]:

@@ -115,7 +115,8 @@ def _call(name: str, *args) -> None:
 
 
 def gram_lower(w: np.ndarray, chunk: int = 512, minus: np.ndarray | None = None) -> np.ndarray:
-    """The smaller of W Wᵀ and Wᵀ W for a row-major W of any float dtype, lower triangle only
+    """The smaller of W Wᵀ and Wᵀ W for a row-major W of any float dtype (numpy, or a torch tensor
+    where numpy has no such type: bfloat16), lower triangle only
     (BLAS dsyrk: half the work of a product), column-major. W is converted to float64 a slab of
     `chunk` rows (or columns) at a time and the slabs' Grams summed, so a float32 W is never held
     twice in float64. With `minus`, the Gram of W − minus, which is never formed whole either."""
@@ -127,11 +128,18 @@ def gram_lower(w: np.ndarray, chunk: int = 512, minus: np.ndarray | None = None)
         # W Wᵀ sums S Sᵀ over column slabs S, Wᵀ W sums Sᵀ S over row slabs; either way the slab,
         # stored row-major as c × size, is the column-major size × c matrix A whose A Aᵀ is added
         cut = np.s_[:, start: start + chunk] if m <= n else np.s_[start: start + chunk]
-        slab = np.array(w[cut].T if m <= n else w[cut], dtype=np.float64, order="C")
+        slab = _float64(w[cut].T if m <= n else w[cut])
         if minus is not None:
-            slab -= minus[cut].T if m <= n else minus[cut]
+            slab -= _float64(minus[cut].T if m <= n else minus[cut])
         _routine("dsyrk")(b"L", b"N", _i(size), _i(slab.shape[0]), one, _d(slab), _i(size), one, _d(out), _i(size))
     return out
+
+
+def _float64(block) -> np.ndarray:
+    """A C-ordered float64 copy of a numpy array, or of a torch tensor of a type numpy lacks."""
+    if isinstance(block, np.ndarray):
+        return np.array(block, dtype=np.float64, order="C")
+    return np.ascontiguousarray(block.double().numpy())
 
 
 def syevd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -455,10 +455,10 @@ _DELTA_ROWS = 2048  # rows of a dense ΔW = W − W0 formed at a time
 
 def _dense_energies(basis: torch.Tensor, w: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
     """‖bᵀ ΔW‖² for each column b of `basis` (float64 on the CPU), ΔW a slab of rows at a time. The
-    product is float32 like the matrices (a relative error ~1e-6 of ‖ΔW‖², far below what the
-    shares are read at)."""
+    difference and product are float32 whatever the matrices are held in (a relative error ~1e-6 of
+    ‖ΔW‖², far below what the shares are read at)."""
     basis = basis.to(w.device)
-    projected = sum(basis[i: i + _DELTA_ROWS].T @ (w[i: i + _DELTA_ROWS] - w0[i: i + _DELTA_ROWS])
+    projected = sum(basis[i: i + _DELTA_ROWS].T @ (w[i: i + _DELTA_ROWS].float() - w0[i: i + _DELTA_ROWS].float())
                     for i in range(0, w.shape[0], _DELTA_ROWS))
     return projected.double().pow(2).sum(dim=1).cpu()
 

@@ -4,6 +4,7 @@ import contextlib
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,6 +181,42 @@ def test_workers_run_below_the_interactive_threads(tiny):
     Scan(comparison, Cache(None), device="cpu", on_event=on_event).run()
     ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert priorities and all(p >= min(ours + engine.WORKER_NICENESS, 19) for p in priorities)
+
+
+_PINNED_SLABS = """
+import sys
+if sys.argv[1] == "engine":
+    import spectui.engine  # noqa: F401
+import numpy as np
+
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+
+first = np.ones(20 << 17)
+del first  # a freed 20 MB block: glibc's own threshold rises past 16 MB
+before = resident()
+small, slabs = [], []
+for _ in range(32):
+    slabs.append(np.ones(2 << 20))  # 16 MB, as a Gram's slabs are
+    small.append(np.ones(1000))  # a small block after each pins the heap below it
+del slabs
+print((resident() - before) >> 20)
+"""
+
+
+@pytest.mark.skipif(engine._HeapTrimmer._glibc() is None or not Path("/proc/self/statm").exists(),
+                    reason="glibc's heap on Linux")
+def test_slab_sized_blocks_go_back_when_freed_whatever_pins_the_heap():
+    """Without the engine's floor glibc keeps 32 freed 16 MB slabs (512 MB) behind small blocks."""
+    import subprocess
+    import sys
+
+    def retained(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _PINNED_SLABS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+
+    assert retained("plain") >= 256
+    assert retained("engine") < 32
 
 
 def test_free_heap_is_handed_back_once_resident_memory_has_grown_by_the_slack(monkeypatch):

@@ -250,3 +250,35 @@ def test_a_second_model_on_a_cached_base_decomposes_it_again_only_where_a_flag_i
         for epsilon in EPSILON_SWEEP:
             assert result.intruder_ranks(TOP_VECTORS, epsilon) == \
                    [int(j) for j in np.flatnonzero(reference[:TOP_VECTORS] < np.float32(epsilon))]
+
+
+def test_half_precision_checkpoints_are_held_as_stored_and_answer_as_float32(tmp_path, monkeypatch):
+    """A bfloat16 W0 and W stay bfloat16 in a job (half the bytes: every computation converts a slab
+    at a time, exactly), and a scan of them answers exactly as one of the same values stored float32:
+    full and counts-only, tall, wide and square."""
+    from spectui import engine
+
+    shapes = {"model.layers.0.mlp.up_proj.weight": (320, 192), "model.layers.0.mlp.down_proj.weight": (192, 320),
+              "model.layers.0.self_attn.o_proj.weight": (256, 256)}
+    w0 = {name: trained_like(*shape, seed=60 + i) for i, (name, shape) in enumerate(shapes.items())}
+    gen = torch.Generator().manual_seed(61)
+    w = {name: t + 0.02 * torch.randn(t.shape, generator=gen, dtype=torch.float64) for name, t in w0.items()}
+    half = {name: t.to(torch.bfloat16) for name, t in w0.items()}, {name: t.to(torch.bfloat16) for name, t in w.items()}
+    held = []
+    real = engine.decompose_base
+    monkeypatch.setattr(engine, "decompose_base", lambda m: held.append(m.dtype) or real(m))
+    answers = []
+    for dtype in (torch.bfloat16, torch.float32):
+        root = tmp_path / str(dtype)
+        base, tuned = _model(root / "base", half[0], dtype), _model(root / "tuned", half[1], dtype)
+        full = Scan(open_comparison(str(base), [str(tuned)]), Cache(root / "cache")).run().results
+        counts = Scan(open_comparison(str(base), [str(tuned)]), Cache(root / "fresh"), counts=(10, 0.5)).run().results
+        answers.append((full, counts))
+    assert held == [torch.bfloat16] * 3 + [torch.float32] * 3
+    (full_half, counts_half), (full_single, counts_single) = answers
+    for key, result in full_single.items():
+        for name in MatrixResult.ARRAYS:
+            np.testing.assert_array_equal(getattr(full_half[key], name), getattr(result, name), err_msg=name)
+        assert counts_half[key].decided_by == counts_single[key].decided_by
+        np.testing.assert_array_equal(counts_half[key].lower, counts_single[key].lower)
+        np.testing.assert_array_equal(counts_half[key].upper, counts_single[key].upper)

@@ -112,14 +112,19 @@ def _fmt(shape) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
-def load_matrix(source, key: str, spec: MatrixSpec, stored: torch.Tensor | None = None) -> torch.Tensor:
+def load_matrix(source, key: str, spec: MatrixSpec, stored: torch.Tensor | None = None,
+                as_stored: bool = False) -> torch.Tensor:
     """One matrix in (out, in) orientation as float32 (from the tensor as `stored`, when already read);
-    non-finite weights are bad input."""
+    with `as_stored`, a bfloat16 or float16 one stays so (half the bytes held: its readers convert it
+    a slab at a time, exactly). Non-finite weights are bad input."""
     import numpy as np
+    import torch
 
-    w = (source.load(key) if stored is None else stored).float()
-    rows = w.numpy().reshape(w.shape[0], -1) if w.ndim else w.numpy().reshape(1, 1)
+    w = source.load(key) if stored is None else stored
+    if not (as_stored and w.dtype in (torch.bfloat16, torch.float16)):
+        w = w.float()
+    rows = w.reshape(w.shape[0], -1) if w.ndim else w.reshape(1, 1)
     # numpy's check (far faster than torch's on one thread), a slab at a time (no matrix-sized mask)
-    if not all(np.isfinite(rows[i: i + 1024]).all() for i in range(0, rows.shape[0], 1024)):
+    if not all(np.isfinite(rows[i: i + 1024].float().numpy()).all() for i in range(0, rows.shape[0], 1024)):
         raise CheckpointError(source.path, f"tensor {key} contains NaN or infinite values")
     return (w.T if spec.transposed else w).contiguous()
