@@ -6,8 +6,8 @@ cold or cached, and a tall W0's left vectors beyond the head are never formed. T
 left vectors stay float32: the similarity block, principal angles and energies read them. The other
 vectors are kept as 16-bit integers, one scale per column, each entry within half a step s_i/2 of
 the float64 vector (fixed point spends all sixteen bits on the mantissa: ~30× finer than float16
-for a spread-out unit vector). Of a tall W0 (m > n) the right vectors are kept instead, n×n rather than m×n, and
-u0_i = W0 v0_i / σ_i. So every cosine is known within a bound:
+for a spread-out unit vector). Of a tall W0 (m > n) the right vectors are kept instead, n×n rather
+than m×n, and u0_i = W0 v0_i / σ_i. So every cosine is known within a bound:
 
     square or wide:  |u_jᵀ u0_i − c̃_ij| ≤ (s_i/2) ‖u_j‖₁
     tall:            |u_jᵀ u0_i − c̃_ij| ≤ (s_i/2) ‖y_j‖₁ / σ_i + |c̃_ij| ρ_i + 2‖Ũ_h − U_h‖,
