@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 from functools import cache
+from itertools import product
 
 import numpy as np
 
@@ -62,21 +63,19 @@ def _sibling(name: str):
         library = ctypes.CDLL(cython_lapack.__file__)
     except OSError as error:
         raise KeyError(name) from error
-    for prefix, suffix in ((prefix, suffix) for prefix in ("scipy_", "") for suffix in ("_", "")):
-        if hasattr(library, f"{prefix}dsytrd{suffix}"):
-            address = getattr(library, f"{prefix}{name}{suffix}", None)
-            if address is None:
-                break
-            return ctypes.CFUNCTYPE(None, *_SIBLINGS[name])(ctypes.cast(address, ctypes.c_void_p).value)
-    raise KeyError(name)
+    spelling = next(((p, s) for p, s in product(("scipy_", ""), ("_", "")) if hasattr(library, f"{p}dsytrd{s}")), None)
+    address = None if spelling is None else getattr(library, name.join(spelling), None)
+    if address is None:
+        raise KeyError(name)
+    return ctypes.CFUNCTYPE(None, *_SIBLINGS[name])(ctypes.cast(address, ctypes.c_void_p).value)
 
 
 @cache
 def two_stage() -> bool:
     """Whether the two-stage eigenvalue solver is at hand (`eigenvalues`)."""
     try:
-        return usable() and _routine("dsyev_2stage") is not None
-    except (KeyError, RuntimeError):
+        return usable() and bool(_routine("dsyev_2stage"))
+    except KeyError:
         return False
 
 
