@@ -25,10 +25,10 @@ by it.
 
 Two routes use these bounds. With W0's spectrum cached (a second tuned model), `certify` runs on
 products with W0 alone. Otherwise, or where that leaves a vector open, `certify_reduced` works on W0's
-Gram reduced to tridiagonal form — which the spectrum needs anyway — where a product costs O(n) and
-the few atoms the bounds cannot place below ε are measured exactly, by inverse iteration on T. Only
-tuned vectors that are not separated, a vector within ~1e-12 of ε, or a split T go to the exact path
-(W0's full decomposition).
+Gram reduced to a narrow band — which the spectrum needs anyway — where a product costs O(n kd) and
+the few atoms the bounds cannot place below ε are measured exactly, by inverse iteration on the band
+matrix. Only tuned vectors that are not separated, a vector within ~1e-12 of ε, or atoms at repeated
+eigenvalues go to the exact path (W0's full decomposition).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ _MAX_BASIS = 24  # Krylov blocks before the tuned vectors are taken as they are
 _MAX_STEPS = 48  # Lanczos steps on W0 before a vector is left open (to the reduction)
 _FIRST_CHECK, _CHECK_EVERY = 8, 4  # bounds are read after these Lanczos steps (each read costs a little)
 _ROUNDING = 1e-4  # added to each Christoffel bound on c²: the float32 products the search runs on
-_REDUCED_STEPS = 96  # Lanczos steps on a tridiagonal T (cheap: O(n) a product; the re-orthogonalisation is not)
+_REDUCED_STEPS = 96  # Lanczos steps on the band matrix B (cheap: O(n kd) a product; the re-orthogonalisation is not)
 _REDUCED_CHECK = 24  # the bounds are read every this many steps, and the runs stop once they leave
 _FEW_MEASURED = 64  # at most this many atoms to measure exactly
 _REDUCED_ROUNDING = 1e-8  # the same allowance as _ROUNDING, for runs in float64 on T
@@ -257,13 +257,13 @@ def cosine_bounds(w0: torch.Tensor, u: torch.Tensor, lam: np.ndarray, epsilon: f
 
 def certify_reduced(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, tuned: TunedTop,
                     epsilon: float) -> Flags | None:
-    """The same flags from W0's Gram reduced to tridiagonal form, G0 = Q T Qᵀ (`eigen.reduce`): the
-    measure of G0 seen from x_j (u_j, or y_j = W0ᵀ u_j for a tall W0) is T's seen from t_j = Qᵀ x_j,
-    and a product with T costs O(n). Lanczos runs on T bound every atom (`_atom_bounds`); the atoms
-    whose bound could reach ε are then measured exactly: T's eigenvectors for those eigenvalues by
+    """The same flags from W0's Gram reduced to a band, G0 = Q B Qᵀ (`eigen.reduce`): the measure of
+    G0 seen from x_j (u_j, or y_j = W0ᵀ u_j for a tall W0) is B's seen from t_j = Qᵀ x_j, and a
+    product with B costs O(n kd). Lanczos runs on B bound every atom (`_atom_bounds`); the atoms
+    whose bound could reach ε are then measured exactly: B's eigenvectors for those eigenvalues by
     inverse iteration, each within √2 (ρ + blur) / gap of the true one (Davis–Kahan, its residual ρ
     measured, the gap from the known spectrum). Nothing here multiplies by W0 but y_j: the cost is
-    the reduction, which the spectrum needs anyway. None where T splits or a W0 is tall and
+    the reduction, which the spectrum needs anyway. None where a W0 is tall and
     rank-deficient (the exact path then)."""
     m, n = w0.shape
     tall = m > n
@@ -271,11 +271,11 @@ def certify_reduced(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, tun
     if tall and not lam[0] > 1e-10 * lam[-1]:
         return None
     x = _times(tuned.u.T, w0).T if tall else tuned.u
-    t = torch.from_numpy(reduction.to_tridiagonal(x.numpy()))
+    t = torch.from_numpy(reduction.to_reduced(x.numpy()))
     size = t.norm(dim=0)  # ‖y_j‖ (tall) or 1
     scale = (size.numpy() ** 2)[None, :] / lam[:, None] if tall else np.ones((lam.size, t.shape[1]))
 
-    def apply(rows):  # rows ↦ rows T (T is symmetric)
+    def apply(rows):  # rows ↦ rows B (B is symmetric)
         return torch.from_numpy(reduction.times(rows.numpy().T).T)
 
     runs, dim = t.shape[1], t.shape[0]
@@ -310,12 +310,12 @@ def certify_reduced(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray, tun
     return Flags(lower=lower, upper=upper, epsilon=epsilon)
 
 
-def _tridiagonal_pairs(reduction: Reduction, lam: np.ndarray, chosen: np.ndarray,
-                       blur: float) -> tuple[np.ndarray | None, np.ndarray]:
-    """T's eigenvectors z_i (columns) at the `chosen` eigenvalues by inverse iteration, and for each
+def _reduced_pairs(reduction: Reduction, lam: np.ndarray, chosen: np.ndarray,
+                   blur: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """B's eigenvectors z_i (columns) at the `chosen` eigenvalues by inverse iteration, and for each
     a bound on ‖z̃_i − z_i‖ (signs aligned): √2 (ρ + blur) / gap, its residual measured, the gap from
-    the known spectrum; inf where the gap does not pin it down. (None, inf) where T splits."""
-    z = reduction.tridiagonal_vectors(lam[chosen]) if chosen.size else np.zeros((lam.size, 0))
+    the known spectrum; inf where the gap does not pin it down. (None, inf) where one failed."""
+    z = reduction.vectors(lam[chosen]) if chosen.size else np.zeros((lam.size, 0))
     if z is None:
         return None, np.full(chosen.size, np.inf)
     rho = np.linalg.norm(reduction.times(z) - z * lam[chosen], axis=0) + blur
@@ -328,7 +328,7 @@ def _tridiagonal_pairs(reduction: Reduction, lam: np.ndarray, chosen: np.ndarray
 def _measured_atoms(reduction: Reduction, lam: np.ndarray, measured: np.ndarray, t: np.ndarray,
                     blur: float) -> tuple[np.ndarray, np.ndarray]:
     """|z_iᵀ t_j| at the `measured` eigenvalues, and a bound on each one's error."""
-    z, angle = _tridiagonal_pairs(reduction, lam, measured, blur)
+    z, angle = _reduced_pairs(reduction, lam, measured, blur)
     if z is None:
         return np.zeros((measured.size, t.shape[1])), np.full((measured.size, t.shape[1]), np.inf)
     return np.abs(z.T @ t), angle[:, None] * np.linalg.norm(t, axis=0)[None, :]
@@ -345,10 +345,10 @@ def base_head(w0: torch.Tensor, reduction: Reduction, lam: np.ndarray,
     chosen = np.arange(size - min(count, size), size)[::-1]
     chosen = chosen[lam[chosen] > 1e-10 * max(float(lam[-1]), 1e-300)]
     blur = _blur(w0.shape, lam)
-    z, angle = _tridiagonal_pairs(reduction, lam, np.sort(chosen), blur)
+    z, angle = _reduced_pairs(reduction, lam, np.sort(chosen), blur)
     if z is None or not chosen.size:
         return np.zeros((m, 0), dtype=np.float32), np.zeros(0)
-    v, angle = torch.from_numpy(reduction.from_tridiagonal(z)).flip(1), angle[::-1]
+    v, angle = torch.from_numpy(reduction.from_reduced(z)).flip(1), angle[::-1]
     if m > n:
         sigma = np.sqrt(lam[chosen])
         v = _times_t(v.T.contiguous(), w0).T / torch.from_numpy(sigma)

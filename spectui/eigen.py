@@ -3,8 +3,8 @@ eigenvalue with only the top eigenvectors (a tuned matrix).
 
 The second is why this module exists. A full eigen-decomposition spends most of its time on
 eigenvectors; a tuned matrix needs all its eigenvalues but only its top TOP_VECTORS vectors. On the
-CPU this is LAPACK (`spectui.lapack`): one blocked reduction to tridiagonal form, all eigenvalues
-from it, the top eigenvectors of the tridiagonal matrix by inverse iteration, and the reflectors
+CPU this is LAPACK (`spectui.lapack`): one blocked reduction to a narrow band (BLAS 3), all
+eigenvalues from it, the top eigenvectors of the band matrix by inverse iteration, and the reflectors
 applied to those alone. That costs about what the eigenvalues alone cost, and much less than
 torch's eigh followed by eigvalsh. On a GPU, or where SciPy's LAPACK cannot be called as declared,
 torch's solvers are used. Eigenvalues come in ascending order, as LAPACK gives them; the solvers
@@ -73,69 +73,111 @@ def eigh_top(gram: torch.Tensor, count: int, scratch: bool = False) -> tuple[tor
     # when most vectors are wanted, the full solver is as fast
     if 2 * count < n and (reduced := reduce(gram, scratch)) is not None:
         lam = reduced.eigenvalues()
-        z = reduced.tridiagonal_vectors(lam[n - count:])
+        z = reduced.vectors(lam[n - count:])
         if z is not None:
-            return torch.from_numpy(lam), torch.from_numpy(reduced.from_tridiagonal(z))
+            return torch.from_numpy(lam), torch.from_numpy(reduced.from_reduced(z))
     lam, vecs = eigh(gram, scratch)
     return lam, vecs[:, n - count:]
 
 
+BAND = 32  # half-width of the band a Gram matrix is reduced to (bench/README.md: measured against 64)
+_TOGETHER = 1e-3  # eigenvalues closer than this times ‖B‖ get vectors kept orthogonal to each other (as dstein)
+_ITERATIONS = 3  # inverse iteration steps per vector; the callers measure each result's residual
+
+
 @dataclass
 class Reduction:
-    """A Gram matrix G reduced to tridiagonal form, G = Q T Qᵀ (dsytrd): T's diagonal `d` and
-    off-diagonal `e`, Q as reflectors. Its eigenvalues cost O(n²) from here, any chosen eigenvectors
-    O(n) each, and a vector moves between G's and T's coordinates in O(n²): what the counts need of a
-    base matrix without its full decomposition (certify.py)."""
+    """A Gram matrix G reduced to a symmetric band B of half-width kd, G = Q B Qᵀ: the first stage of
+    LAPACK's two-stage solver (BLAS 3), or dsytrd's tridiagonal (kd = 1) where the library lacks it.
+    B in LAPACK's lower band storage, Q as reflectors below the kd-th subdiagonal of `reflectors`. Its
+    eigenvalues cost O(n² kd) from here, any chosen eigenvectors O(n kd²) each, and a vector moves
+    between G's and B's coordinates in O(n²): what the counts need of a base matrix without its full
+    decomposition (certify.py)."""
 
-    d: np.ndarray
-    e: np.ndarray
+    band: np.ndarray
     tau: np.ndarray
-    reflectors: np.ndarray  # below the diagonal of [1:, :n-1]: Q = diag(1, Q')
+    reflectors: np.ndarray
+
+    @property
+    def kd(self) -> int:
+        return self.band.shape[0] - 1
 
     def eigenvalues(self) -> np.ndarray:
         """Every eigenvalue, ascending."""
-        return lapack.sterf(self.d, self.e)
+        d, e = (self.band[0], self.band[1, :-1]) if self.kd == 1 else lapack.band_tridiagonal(self.band)
+        return lapack.sterf(d, e)
 
-    def tridiagonal_vectors(self, eigenvalues: np.ndarray) -> np.ndarray | None:
-        """T's eigenvectors (columns) for some of its eigenvalues (ascending) by inverse iteration,
-        or None where that does not serve: a T that splits into blocks (dstein would have to be told
-        them), or a vector that did not converge."""
-        if not self.e.all():
-            return None
-        try:
-            return lapack.stein(self.d, self.e, eigenvalues)
-        except np.linalg.LinAlgError:
-            return None
+    def vectors(self, eigenvalues: np.ndarray) -> np.ndarray | None:
+        """B's eigenvectors (columns) for some of its eigenvalues (ascending) by inverse iteration on
+        LU factors of B − λ, each kept orthogonal to those of eigenvalues near it; None where one
+        does not come out finite."""
+        kd, n = self.kd, self.band.shape[1]
+        general = np.zeros((3 * kd + 1, n), order="F")  # dgbtrf's storage: B from row kd, room for fill-in
+        general[2 * kd:] = self.band
+        for r in range(1, kd + 1):
+            general[2 * kd - r, r:] = self.band[r, : n - r]
+        norm = float(np.abs(general).sum(axis=0).max())  # ‖B‖₁ (B is symmetric: column sums)
+        tiny = np.finfo(np.float64).eps * max(norm, np.finfo(np.float64).tiny)
+        start = np.random.default_rng(0).uniform(-1, 1, n)
+        z = np.zeros((n, len(eigenvalues)), order="F")
+        first = 0  # of the run of eigenvalues within _TOGETHER of their neighbours
+        for i, lam in enumerate(eigenvalues):
+            if i and eigenvalues[i] - eigenvalues[i - 1] > _TOGETHER * norm:
+                first = i
+            factors = general.copy(order="F")
+            factors[2 * kd] -= lam
+            pivots = lapack.band_lu(factors, kd)
+            diagonal = factors[2 * kd]  # U's: an exact eigenvalue leaves zeros there, as dstein's pivots
+            small = np.abs(diagonal) < tiny
+            diagonal[small] = np.where(diagonal[small] < 0, -tiny, tiny)
+            x = start.copy()
+            for _ in range(_ITERATIONS):
+                x = lapack.band_solve(factors, kd, pivots, x.reshape(n, 1, order="F"))[:, 0]
+                near = z[:, first:i]
+                for _ in range(2):
+                    x -= near @ (near.T @ x)
+                size = np.linalg.norm(x)
+                if not np.isfinite(size) or size == 0:
+                    return None
+                x /= size
+            z[:, i] = x
+        return z
 
     def times(self, x: np.ndarray) -> np.ndarray:
-        """T x for columns x (float64)."""
-        out = self.d[:, None] * x
-        out[:-1] += self.e[:, None] * x[1:]
-        out[1:] += self.e[:, None] * x[:-1]
+        """B x for columns x (float64)."""
+        out = self.band[0][:, None] * x
+        for r in range(1, self.kd + 1):
+            diagonal = self.band[r, : len(x) - r][:, None]
+            out[r:] += diagonal * x[:-r]
+            out[:-r] += diagonal * x[r:]
         return out
 
-    def from_tridiagonal(self, z: np.ndarray) -> np.ndarray:
-        """Q z: T's coordinates to G's."""
+    def from_reduced(self, z: np.ndarray) -> np.ndarray:
+        """Q z: B's coordinates to G's."""
         return self._apply(z, transpose=False)
 
-    def to_tridiagonal(self, x: np.ndarray) -> np.ndarray:
-        """Qᵀ x: G's coordinates to T's."""
+    def to_reduced(self, x: np.ndarray) -> np.ndarray:
+        """Qᵀ x: G's coordinates to B's."""
         return self._apply(x, transpose=True)
 
     def _apply(self, x: np.ndarray, transpose: bool) -> np.ndarray:
-        n = len(self.d)
-        rest = np.array(x[1:], dtype=np.float64, order="F")
-        lapack.apply_reflectors(self.reflectors[1:, : n - 1], self.tau, rest, transpose)
-        return np.vstack([x[:1], rest])
+        kd, n = self.kd, self.band.shape[1]
+        rest = np.array(x[kd:], dtype=np.float64, order="F")
+        lapack.apply_reflectors(self.reflectors[kd:, : n - kd], self.tau, rest, transpose)
+        return np.vstack([x[:kd], rest])
 
 
 def reduce(gram: torch.Tensor, scratch: bool = False) -> Reduction | None:
-    """G's tridiagonal reduction (`scratch` as for `eigh`), or None off the CPU's LAPACK."""
+    """G's band reduction (`scratch` as for `eigh`), or None off the CPU's LAPACK."""
     if not _on_lapack(gram) or gram.shape[0] < 2:
         return None
     reflectors = _lapack_copy(gram, scratch)
-    d, e, tau = lapack.sytrd(reflectors)
-    return Reduction(d, e, tau, reflectors)
+    if lapack.two_stage():
+        band, tau = lapack.band_reduce(reflectors, min(BAND, gram.shape[0] - 1))
+    else:
+        d, e, tau = lapack.sytrd(reflectors)
+        band = np.asfortranarray(np.vstack([d, np.append(e, 0.0)]))
+    return Reduction(band, tau, reflectors)
 
 
 def _on_lapack(t: torch.Tensor) -> bool:

@@ -542,7 +542,7 @@ class Scan:
     def _count_matrix(self, name: str, device: torch.device, w0: _Weight) -> bool:
         """The counts phase of one base matrix: per tuned model, a cached full result if there is
         one; else the certificates (`_BaseEvidence`: from W0's cached decomposition, its cached
-        spectrum, or its Gram reduced to tridiagonal form); what none decides (tuned vectors not
+        spectrum, or its Gram reduced to a band); what none decides (tuned vectors not
         separated, a vector within rounding of ε) goes to the exact path, as everything does on a GPU
         with fast float64 (`certifies`)."""
         k, epsilon = self.counts
@@ -611,7 +611,7 @@ class _BaseEvidence:
     """What the counts of one base matrix know of W0, cheapest first, each read or computed once per
     job and kept for its next tuned model: its cached decomposition (`CompactBase`: cosines with
     proven bounds, a few products), its cached spectrum (Lanczos certificates on products with W0;
-    a tall W0's float64 Gram), its Gram reduced to tridiagonal form (whose spectrum is then cached:
+    a tall W0's float64 Gram), its Gram reduced to a band (whose spectrum is then cached:
     all that a second tuned model needs of W0 besides its decomposition)."""
 
     _UNREAD = object()

@@ -25,7 +25,7 @@ class MatrixCounts:
     fills. `lower`/`upper` bound max|cos| of each of the top k tuned vectors (equal where it was
     found exactly). `decided_by`: "compact" (certified from W0's cached decomposition,
     `compact.CompactBase`), "bounds" (certified from products with W0 on its cached spectrum),
-    "reduction" (certified on W0's Gram reduced to tridiagonal form), "exact" (the full comparison,
+    "reduction" (certified on W0's Gram reduced to a band), "exact" (the full comparison,
     as a plain scan does it), "cache" (a full result was cached) or "unchanged" (W = W0)."""
 
     shape: tuple[int, int]

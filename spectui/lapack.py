@@ -5,10 +5,11 @@ threads would take turns. SciPy also exports every routine
 as a C function pointer for Cython (`scipy.linalg.cython_lapack`, a public API, the route numba
 takes); ctypes calls those with the GIL released. Arrays are column-major float64, as LAPACK wants.
 
-One routine is not among those exports: the two-stage eigenvalue solver (`dsyev_2stage`, LAPACK
-3.7), whose band reduction runs on BLAS 3 where `dsytrd` spends half its time streaming the matrix
-through matrix-vector products. It is looked up in the library behind those exports, spelt as that
-library spells dsytrd; where it lacks it, `eigenvalues` takes `dsytrd` and `dsterf`.
+Some routines are not among those exports: the two-stage eigenvalue solver (`dsyev_2stage`, LAPACK
+3.7) and its two stages (`dsytrd_sy2sb`: dense to band, `dsytrd_sb2st`: band to tridiagonal), whose
+band reduction runs on BLAS 3 where `dsytrd` spends half its time streaming the matrix through
+matrix-vector products. They are looked up in the library behind those exports, spelt as that
+library spells dsytrd; where it lacks them, `dsytrd` does both reductions.
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ _SIGNATURES = {  # argument types, in the order of the Fortran routines
     "dsyrk": (_char, _char, _int, _int, _double, _double, _int, _double, _double, _int),
     "dsytrd": (_char, _int, _double, _int, _double, _double, _double, _double, _int, _int),
     "dsterf": (_int, _double, _double, _int),
-    "dstein": (_int, _double, _double, _int, _double, _int, _int, _double, _int, _double, _int, _int, _int),
     "dormqr": (_char, _char, _int, _int, _int, _double, _int, _double, _double, _int, _double, _int, _int),
     "dsyevd": (_char, _char, _int, _double, _int, _double, _double, _int, _int, _int, _int),
+    "dgbtrf": (_int, _int, _int, _int, _double, _int, _int, _int),
+    "dgbtrs": (_char, _int, _int, _int, _int, _double, _int, _int, _double, _int, _int),
 }
 
 
 _SIBLINGS = {  # the same, for routines looked up beside SciPy's (`_sibling`)
     "dsyev_2stage": (_char, _char, _int, _double, _int, _double, _double, _int, _int),
+    "dsytrd_sy2sb": (_char, _int, _int, _double, _int, _double, _int, _double, _double, _int, _int),
+    "dsytrd_sb2st": (_char, _char, _char, _int, _int, _double, _int, _double, _double, _double, _int, _double,
+                     _int, _int),
 }
 
 
@@ -72,9 +77,9 @@ def _sibling(name: str):
 
 @cache
 def two_stage() -> bool:
-    """Whether the two-stage eigenvalue solver is at hand (`eigenvalues`)."""
+    """Whether the two-stage solver and its two stages are at hand (`eigenvalues`, `band_reduce`)."""
     try:
-        return usable() and bool(_routine("dsyev_2stage"))
+        return usable() and all(_routine(name) for name in _SIBLINGS)
     except KeyError:
         return False
 
@@ -181,18 +186,50 @@ def sterf(d: np.ndarray, e: np.ndarray) -> np.ndarray:
     return lam
 
 
-def stein(d: np.ndarray, e: np.ndarray, eigenvalues: np.ndarray) -> np.ndarray:
-    """Eigenvectors (columns) of an unreduced symmetric tridiagonal matrix for the given ascending
-    eigenvalues, by inverse iteration."""
-    n, count = len(d), len(eigenvalues)
-    blocks, splits = np.ones(count, dtype=np.int32), np.zeros(n, dtype=np.int32)
-    splits[0] = n
-    z = np.zeros((n, count), order="F")
-    work, iwork, failed = np.empty(5 * n), np.empty(n, dtype=np.int32), np.empty(count, dtype=np.int32)
-    _call("dstein", _i(n), _d(np.ascontiguousarray(d)), _d(np.append(e, 0.0)), _i(count),
-          _d(np.ascontiguousarray(eigenvalues)), blocks.ctypes.data_as(_int), splits.ctypes.data_as(_int),
-          _d(z), _i(n), _d(work), iwork.ctypes.data_as(_int), failed.ctypes.data_as(_int))
-    return z
+def band_reduce(a: np.ndarray, kd: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce a symmetric matrix (lower triangle, column-major, overwritten by the reflectors) to a
+    band of half-width kd (the two-stage solver's first stage, on BLAS 3): returns the band in LAPACK's
+    lower band storage ((kd+1) × n, row r holding the r-th subdiagonal) and the reflectors' scalars,
+    whose reflectors sit below the kd-th subdiagonal of `a`."""
+    n = a.shape[0]
+    band, tau = np.zeros((kd + 1, n), order="F"), np.zeros(max(n - kd, 1))
+    _with_workspace("dsytrd_sy2sb", b"L", _i(n), _i(kd), _d(a), _i(n), _d(band), _i(kd + 1), _d(tau))
+    return band, tau[: n - kd]
+
+
+def band_tridiagonal(band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The diagonal and off-diagonal of a tridiagonal matrix similar to a symmetric band matrix (lower
+    band storage, left as it is): the two-stage solver's second stage, without its reflectors."""
+    kd, n = band.shape[0] - 1, band.shape[1]
+    ab = np.array(band, order="F")
+    d, e = np.empty(n), np.empty(max(n - 1, 1))
+    hous, work = np.zeros(1), np.zeros(1)
+    args = (b"N", b"N", b"L", _i(n), _i(kd), _d(ab), _i(kd + 1), _d(d), _d(e))
+    _call("dsytrd_sb2st", *args, _d(hous), _i(-1), _d(work), _i(-1))  # asks for both workspaces
+    hous, work = np.empty(max(1, int(hous[0]))), np.empty(max(1, int(work[0])))
+    _call("dsytrd_sb2st", *args, _d(hous), _i(hous.size), _d(work), _i(work.size))
+    return d, e[: n - 1]
+
+
+def band_lu(general: np.ndarray, half_width: int) -> np.ndarray:
+    """LU with partial pivoting of a square band matrix in LAPACK's general band storage
+    ((3 half_width + 1) × n, the matrix from row half_width on; overwritten by the factors); returns
+    the pivots. An exactly singular U is left for the caller to see on its diagonal (row 2 half_width)."""
+    n = general.shape[1]
+    pivots, info = np.zeros(n, dtype=np.int32), ctypes.c_int(0)
+    _routine("dgbtrf")(_i(n), _i(n), _i(half_width), _i(half_width), _d(general), _i(general.shape[0]),
+                       pivots.ctypes.data_as(_int), ctypes.byref(info))
+    if info.value < 0:
+        raise np.linalg.LinAlgError(f"LAPACK dgbtrf failed (info={info.value})")
+    return pivots
+
+
+def band_solve(general: np.ndarray, half_width: int, pivots: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Solve with `band_lu`'s factors for the columns of x (column-major, overwritten)."""
+    n, columns = x.shape
+    _call("dgbtrs", b"N", _i(n), _i(half_width), _i(half_width), _i(columns), _d(general), _i(general.shape[0]),
+          pivots.ctypes.data_as(_int), _d(x), _i(n))
+    return x
 
 
 def apply_reflectors(a: np.ndarray, tau: np.ndarray, c: np.ndarray, transpose: bool = False) -> np.ndarray:

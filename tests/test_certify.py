@@ -178,16 +178,29 @@ def test_what_the_bounds_leave_open_the_reduction_decides(monkeypatch):
     assert agrees(w0, w, route="reduced")
 
 
-def test_a_split_tridiagonal_or_too_many_atoms_leave_the_matrix_to_the_exact_path(monkeypatch):
-    """A block-diagonal W0 makes T split (inverse iteration would have to be told the blocks); a
-    budget of measured atoms too small for the bounds: both undecided, never wrong."""
+@pytest.mark.parametrize("two_stage", [True, False], ids=["band", "tridiagonal"])
+def test_a_split_reduction_is_decided_and_repeated_values_are_left_to_the_exact_path(two_stage, monkeypatch):
+    """A block-diagonal W0 reduces to a matrix that splits into blocks: inverse iteration on LU factors
+    needs no telling, and the flags are the naive ones. Two equal blocks repeat every singular value,
+    so no atom there has one vector to measure; and a budget of measured atoms too small for the
+    bounds: both undecided, never wrong. Both reductions: LAPACK's two-stage band, and dsytrd's
+    tridiagonal where the library lacks it."""
+    from spectui import lapack
+
+    monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
     gen = torch.Generator().manual_seed(8)
-    w0 = torch.block_diag(torch.randn(60, 90, generator=gen), torch.randn(60, 90, generator=gen))
-    w = w0 + 0.3 * torch.randn(120, 180, generator=gen)
-    assert (eigen.reduce(eigen.gram(w0)).e == 0).any()
-    flags = flags_of(w0, w, route="reduced")
+    a, b = torch.randn(60, 90, generator=gen), torch.randn(60, 90, generator=gen)
+    noise = 0.3 * torch.randn(120, 180, generator=gen)
+    w0 = torch.block_diag(a, b)
+    reduction = eigen.reduce(eigen.gram(w0))
+    assert reduction.kd == (eigen.BAND if two_stage else 1)
+    coupling = reduction.times(np.eye(120)[:, :60])[60:]  # B's block between the two halves
+    assert np.abs(coupling).max() <= 1e-12 * np.abs(reduction.band).max()
+    assert agrees(w0, w0 + noise, route="reduced") is True
+    repeated = torch.block_diag(a, a)
+    flags = flags_of(repeated, repeated + noise, route="reduced")
     assert flags is not None and not flags.decided
-    assert agrees(w0, w, route="reduced") is None  # the bounds it gives still hold
+    assert agrees(repeated, repeated + noise, route="reduced") is None  # the bounds it gives still hold
     monkeypatch.setattr(certify_module, "_MAX_MEASURED", 0)
     assert flags_of(*planted_mix(256, 256, seed=1), route="reduced") is None
 

@@ -35,8 +35,14 @@ def assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, count):
     assert isolated.any() and cos[isolated].min() > 1 - 1e-9
 
 
+@pytest.mark.parametrize("two_stage", [True, False], ids=["band", "tridiagonal"])
 @pytest.mark.parametrize("kind", SPECTRA)
-def test_top_vectors_and_all_values_match_a_full_solve(kind):
+def test_top_vectors_and_all_values_match_a_full_solve(kind, two_stage, monkeypatch):
+    """Top vectors by inverse iteration on the reduced matrix: LAPACK's two-stage band, or dsytrd's
+    tridiagonal where the library lacks it."""
+    from spectui import lapack
+
+    monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
     g = gram_with(SPECTRA[kind])
     reference_lam, reference_vecs = np.linalg.eigh(g.numpy())
     lam, vecs = eigen.eigh_top(g.clone(), COUNT)
@@ -53,7 +59,7 @@ def test_every_eigenvalue_by_either_reduction_matches_a_full_solve(kind, two_sta
     falls back on dsytrd and dsterf. Both agree with numpy's full solver to rounding."""
     from spectui import lapack
 
-    assert lapack.two_stage(), "SciPy's OpenBLAS exports dsyev_2stage: the fast path must be found"
+    assert lapack.two_stage(), "SciPy's OpenBLAS exports the two-stage routines: the fast path must be found"
     monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
     g = gram_with(SPECTRA[kind])
     reference = np.linalg.eigvalsh(g.numpy())
