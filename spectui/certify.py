@@ -125,10 +125,42 @@ def _gram_op(w: torch.Tensor, left: bool):
 
 # -- the tuned side ----------------------------------------------------------------------------
 
-def tuned_top(w: torch.Tensor, k: int) -> TunedTop | None:
+@dataclass(frozen=True)
+class ReducedGram:
+    """The short-side Gram of W = W0 + L_b A (a low-rank update, scan orientation) in the coordinates
+    of W0's reduction G0 = Q B Qᵀ: B plus a rank-2r correction, so a product costs O(n kd + n r)
+    instead of two passes over W (`low_rank_gram`)."""
+
+    reduction: Reduction
+    left: torch.Tensor  # Qᵀ L and Qᵀ C, n × r: the correction is C Lᵀ + L Cᵀ + L core Lᵀ
+    right: torch.Tensor
+    core: torch.Tensor
+
+    def times(self, x: torch.Tensor) -> torch.Tensor:
+        """Ĝ x for columns x (float64)."""
+        lx = self.left.T @ x
+        return (torch.from_numpy(self.reduction.times(x.numpy())) + self.right @ lx
+                + self.left @ (self.right.T @ x + self.core @ lx))
+
+
+def low_rank_gram(reduction: Reduction, w0: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> ReducedGram:
+    """`ReducedGram` for W = W0 + b a. Wide or square: W Wᵀ = G0 + C bᵀ + b Cᵀ + b (a aᵀ) bᵀ with
+    C = W0 aᵀ; tall: Wᵀ W = G0 + C a + aᵀ Cᵀ + aᵀ (bᵀ b) a with C = Wᵀ0 b (one float64 pass over W0)."""
+    b, a = b.to(torch.float64), a.to(torch.float64)
+    if w0.shape[0] <= w0.shape[1]:
+        left, right, core = b, _times_t(a, w0).T, a @ a.T
+    else:
+        left, right, core = a.T, _times(b.T.contiguous(), w0).T, b.T @ b
+    return ReducedGram(reduction, *(torch.from_numpy(reduction.to_reduced(x.numpy())) for x in (left, right)),
+                       core)
+
+
+def tuned_top(w: torch.Tensor, k: int, reduced: ReducedGram | None = None) -> TunedTop | None:
     """W's top k left singular vectors by block Krylov on the Gram of its short side, refined until
     each is within _TUNED_ERROR (or the space is exhausted). None when one is not separated from the
-    next (a repeated or clustered σ_j: which vector is the j-th is then the exact solver's choice)."""
+    next (a repeated or clustered σ_j: which vector is the j-th is then the exact solver's choice).
+    `reduced`: that Gram in W0's reduced coordinates, where the search then runs (W0 plus a low-rank
+    update, W0's reduction at hand); either way the bounds come from residuals on W itself."""
     m, n = w.shape
     w32 = w.to(torch.float32)
     left = m <= n
@@ -138,7 +170,7 @@ def tuned_top(w: torch.Tensor, k: int) -> TunedTop | None:
     rows = _gram_op(w32, left)
 
     def apply(x):
-        return rows(x.T).T
+        return reduced.times(x) if reduced is not None else rows(x.T).T
 
     gen = torch.Generator().manual_seed(0)
     q = torch.linalg.qr(torch.randn(dim, block, generator=gen, dtype=torch.float64)).Q
@@ -158,6 +190,8 @@ def tuned_top(w: torch.Tensor, k: int) -> TunedTop | None:
         q = torch.linalg.qr(q - basis @ (basis.T @ q)).Q  # z may have lost rank: stay orthogonal
         basis, images = torch.cat([basis, q], 1), torch.cat([images, apply(q)], 1)
     y = basis @ s[:, :k]
+    if reduced is not None:
+        y = torch.from_numpy(reduced.reduction.from_reduced(y.numpy()))
     u = y if left else _times_t(y.T, w32).T
     u = u / u.norm(dim=0)
     # the bound that counts: u's own residual on W Wᵀ, in float64 (the zero eigenvalues of a tall W

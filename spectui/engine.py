@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from spectui.cache import Cache, tensor_digest
-from spectui.certify import Flags, TunedTop, base_head, certify, certify_reduced, tuned_top
+from spectui.certify import Flags, TunedTop, base_head, certify, certify_reduced, low_rank_gram, tuned_top
 from spectui.checkpoint.comparison import Comparison
 from spectui.checkpoint.files import CheckpointError
 from spectui.checkpoint.pairing import load_matrix
 from spectui.compact import CompactBase
 from spectui.defaults import SIMILARITY_SIZE, TOP_VECTORS
-from spectui.eigen import full_gram, reduce
+from spectui.eigen import Reduction, full_gram, reduce
 from spectui.eigen import gram as gram_of  # `gram` names the matrix in the counts
 from spectui.errors import UsageError, one_line
 from spectui.intruders import MatrixCounts
@@ -563,7 +563,7 @@ class Scan:
                 self._counted(name, index, MatrixCounts(w0.shape, k, epsilon, ones, ones, "unchanged"), False)
                 continue
             w = weight.matrix()
-            tuned = tuned_top(w, top) if certified else None
+            tuned = evidence.tuned_top(w, factors, top) if certified else None
             flags, how = evidence.flags(tuned, epsilon) if tuned is not None else (None, "exact")
             if flags is not None:
                 counts = MatrixCounts(w0.shape, k, epsilon, flags.lower, flags.upper, how)
@@ -653,12 +653,26 @@ class _BaseEvidence:
         w0 = self._w0.matrix() if compact.needs_w0 else None
         return Flags(*compact.count_bounds(tuned.u, tuned.error, w0), epsilon=float(np.float32(epsilon)))
 
+    def tuned_top(self, w: torch.Tensor, factors: tuple[torch.Tensor, torch.Tensor] | None, k: int) -> TunedTop | None:
+        """W's top k vectors (`certify.tuned_top`). Where nothing of W0 is cached the counts reduce its
+        Gram anyway: that comes first, and a low-rank W's search runs on it (`low_rank_gram`)."""
+        if factors is None or self.base() is not None or self.spectrum() is not None:
+            return tuned_top(w, k)
+        reduction = self._reduce()
+        if reduction is None:
+            return tuned_top(w, k)
+        return tuned_top(w, k, low_rank_gram(reduction, self._w0.matrix(), *factors))
+
+    def spectrum(self) -> BaseSpectrum | None:
+        """W0's cached spectrum and head (read once), or the one its reduction found."""
+        if self._spectrum is self._UNREAD:
+            self._spectrum = self._read("spectrum", self._scan.cache.get_spectrum)
+        return self._spectrum
+
     def _from_spectrum(self, tuned: TunedTop, epsilon: float) -> Flags | None:
         if self.base() is not None:  # its bounds (~1e-5) left a vector open: these are looser, reduce
             return None
-        if self._spectrum is self._UNREAD:
-            self._spectrum = self._read("spectrum", self._scan.cache.get_spectrum)
-        if self._spectrum is None or self._reduction is not None:  # the reduction decides more
+        if self.spectrum() is None or self._reduction is not None:  # the reduction decides more
             return None
         w0 = self._w0.matrix()
         if w0.shape[0] > w0.shape[1] and self._gram is None:
@@ -667,19 +681,24 @@ class _BaseEvidence:
         return certify(w0, tuned, self._spectrum.sigma, epsilon, self._gram, head)
 
     def _from_reduction(self, tuned: TunedTop, epsilon: float) -> Flags | None:
-        w0 = self._w0.matrix()
+        reduction = self._reduce()
+        return None if reduction is None else certify_reduced(self._w0.matrix(), reduction, self._lam, tuned, epsilon)
+
+    def _reduce(self) -> Reduction | None:
+        """W0's Gram reduced (once; None off the CPU's LAPACK), its spectrum and head cached."""
         if self._reduction is None:
+            w0 = self._w0.matrix()
             self._reduction = reduce(self._gram if self._gram is not None else gram_of(w0), scratch=True)
             self._gram = None
             if self._reduction is None:
                 return None
             self._lam = self._reduction.eigenvalues()
-            if self._spectrum in (None, self._UNREAD):
+            if self.spectrum() is None:
                 sigma = np.sqrt(np.clip(self._lam, 0, None))[::-1].copy()
                 self._spectrum = BaseSpectrum(sigma, *base_head(w0, self._reduction, self._lam))
                 self._scan.cache.put_spectrum(self._w0.key, self._spectrum)
                 self._scan._use(self._scan.comparison.base.path, "spectrum", self._w0.key)
-        return certify_reduced(w0, self._reduction, self._lam, tuned, epsilon)
+        return self._reduction
 
 
 class _Weight:

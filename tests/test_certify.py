@@ -205,6 +205,31 @@ def test_a_split_reduction_is_decided_and_repeated_values_are_left_to_the_exact_
     assert flags_of(*planted_mix(256, 256, seed=1), route="reduced") is None
 
 
+@pytest.mark.parametrize("shape", [(256, 256), (128, 512), (512, 128)])
+def test_a_low_rank_search_on_the_base_reduction_finds_the_top_vectors(shape):
+    """A cold scan's LoRA search runs on W0's reduction (`low_rank_gram`): that operator is W's
+    short-side Gram in the reduced coordinates, and the vectors it finds are the naive SVD's within
+    the bounds measured on W itself, as the search on W finds them."""
+    m, n = shape
+    gen = torch.Generator().manual_seed(11)
+    w0 = trained_like(m, n, gen)[0].to(torch.bfloat16).float()
+    scale = float(torch.linalg.matrix_norm(w0, ord=2)) / 4
+    b, a = scale * torch.randn(m, 16, generator=gen), torch.randn(16, n, generator=gen) / math.sqrt(n)
+    w = w0 + b @ a
+    reduction = eigen.reduce(eigen.gram(w0), scratch=True)
+    operator = certify_module.low_rank_gram(reduction, w0, b, a)
+    x = torch.randn(min(m, n), 3, generator=gen, dtype=torch.float64)
+    wd = w0.double() + b.double() @ a.double()
+    g = wd @ wd.T if m <= n else wd.T @ wd
+    expected = reduction.to_reduced((g @ torch.from_numpy(reduction.from_reduced(x.numpy()))).numpy())
+    np.testing.assert_allclose(operator.times(x).numpy(), expected, atol=1e-10 * float(g.abs().max()))
+    truth = torch.linalg.svd(w.double(), full_matrices=False).U[:, :10]
+    for tuned in (tuned_top(w, 10, operator), tuned_top(w, 10)):
+        signs = torch.sign((truth * tuned.u).sum(0))
+        distance = (truth * signs - tuned.u).norm(dim=0).numpy()
+        assert (tuned.error < 1e-3).all() and (distance <= tuned.error + 1e-9).all()
+
+
 def test_bounds_hold_whatever_the_threshold_stopped_at():
     """cosine_bounds on the true top vectors: lower ≤ max|cos| ≤ upper for every vector, wherever
     each run stopped (ε chosen where no run can stop early)."""
