@@ -21,14 +21,15 @@ singular values, so those products are float64; the others are float32 (their ro
 
 The tuned side needs only its top k vectors: block Krylov with Rayleigh–Ritz, each vector's error
 bounded by its float64 residual over its gap to the other Ritz values, and every bound above widened
-by it.
+by it. A LoRA's search runs in W0's reduced coordinates when the counts reduce W0 anyway (a cold
+scan): its Gram is then the band plus a correction of rank 2r (`low_rank_gram`).
 
 Two routes use these bounds. With W0's spectrum cached (a second tuned model), `certify` runs on
 products with W0 alone. Otherwise, or where that leaves a vector open, `certify_reduced` works on W0's
 Gram reduced to a narrow band — which the spectrum needs anyway — where a product costs O(n kd) and
 the few atoms the bounds cannot place below ε are measured exactly, by inverse iteration on the band
 matrix. Only tuned vectors that are not separated, a vector within ~1e-12 of ε, or atoms at repeated
-eigenvalues go to the exact path (W0's full decomposition).
+or too closely spaced eigenvalues go to the exact path (W0's full decomposition).
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ from spectui.eigen import Reduction
 _BLOCK_EXTRA = 8  # Krylov block = k + this: the vectors just below the top k converge with them
 _TUNED_ERROR = 1e-4  # stop refining the tuned vectors once each is this close (‖ũ − u‖)
 _MAX_BASIS = 24  # Krylov blocks before the tuned vectors are taken as they are
+_SAME_MATRIX = 1e-6  # a search on W0 + b a agrees with W's own quotients this well (× σ_1²): float32 merging
 _MAX_STEPS = 48  # Lanczos steps on W0 before a vector is left open (to the reduction)
 _FIRST_CHECK, _CHECK_EVERY = 8, 4  # bounds are read after these Lanczos steps (each read costs a little)
 _ROUNDING = 1e-4  # added to each Christoffel bound on c²: the float32 products the search runs on
 _REDUCED_STEPS = 96  # Lanczos steps on the band matrix B (cheap: O(n kd) a product; the re-orthogonalisation is not)
 _REDUCED_CHECK = 24  # the bounds are read every this many steps, and the runs stop once they leave
 _FEW_MEASURED = 64  # at most this many atoms to measure exactly
-_REDUCED_ROUNDING = 1e-8  # the same allowance as _ROUNDING, for runs in float64 on T
+_REDUCED_ROUNDING = 1e-8  # the same allowance as _ROUNDING, for runs in float64 on B
 _MAX_MEASURED = 1024  # atoms measured exactly per matrix before the exact path is cheaper
 _FLOAT32_VECTORS = 1e-6  # ‖u − fl32(u)‖ for a unit vector, rounded up: a cached head vector
 _TRUSTED_HEAD = 1e-3  # head vectors known at least this well stand for their atoms
@@ -127,13 +129,13 @@ def _gram_op(w: torch.Tensor, left: bool):
 
 @dataclass(frozen=True)
 class ReducedGram:
-    """The short-side Gram of W = W0 + L_b A (a low-rank update, scan orientation) in the coordinates
-    of W0's reduction G0 = Q B Qᵀ: B plus a rank-2r correction, so a product costs O(n kd + n r)
+    """The short-side Gram of W = W0 + b a (a rank-r update, scan orientation) in the coordinates of
+    W0's reduction G0 = Q B Qᵀ: B plus a correction of rank 2r, so a product costs O(n kd + n r)
     instead of two passes over W (`low_rank_gram`)."""
 
     reduction: Reduction
-    left: torch.Tensor  # Qᵀ L and Qᵀ C, n × r: the correction is C Lᵀ + L Cᵀ + L core Lᵀ
-    right: torch.Tensor
+    left: torch.Tensor  # Qᵀ L (short side × r)
+    right: torch.Tensor  # Qᵀ C: the correction is C Lᵀ + L Cᵀ + L core Lᵀ
     core: torch.Tensor
 
     def times(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,8 +146,9 @@ class ReducedGram:
 
 
 def low_rank_gram(reduction: Reduction, w0: torch.Tensor, b: torch.Tensor, a: torch.Tensor) -> ReducedGram:
-    """`ReducedGram` for W = W0 + b a. Wide or square: W Wᵀ = G0 + C bᵀ + b Cᵀ + b (a aᵀ) bᵀ with
-    C = W0 aᵀ; tall: Wᵀ W = G0 + C a + aᵀ Cᵀ + aᵀ (bᵀ b) a with C = Wᵀ0 b (one float64 pass over W0)."""
+    """`ReducedGram` for W = W0 + b a. Wide or square: W Wᵀ = G0 + C bᵀ + b Cᵀ + b (a aᵀ) bᵀ, so
+    L = b and C = W0 aᵀ; tall: Wᵀ W = G0 + C a + aᵀ Cᵀ + aᵀ (bᵀ b) a, so L = aᵀ and C = Wᵀ0 b. C
+    costs one float64 pass over W0."""
     b, a = b.to(torch.float64), a.to(torch.float64)
     if w0.shape[0] <= w0.shape[1]:
         left, right, core = b, _times_t(a, w0).T, a @ a.T
@@ -199,6 +202,8 @@ def tuned_top(w: torch.Tensor, k: int, reduced: ReducedGram | None = None) -> Tu
     image = _times_t(_times(u.T, w32), w32).T
     theta_u = (u * image).sum(0)
     rho_u = (image - u * theta_u).norm(dim=0)
+    if reduced is not None and ((theta_u - theta[:k]).abs() > rho_u + _SAME_MATRIX * theta[0]).any():
+        return None  # the search's Gram is not W's (a merge other than W0 + b a): its gaps say nothing
     others = theta.clone()
     others[:k] = theta_u
     if not left:

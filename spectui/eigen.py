@@ -3,12 +3,13 @@ eigenvalue with only the top eigenvectors (a tuned matrix).
 
 The second is why this module exists. A full eigen-decomposition spends most of its time on
 eigenvectors; a tuned matrix needs all its eigenvalues but only its top TOP_VECTORS vectors. On the
-CPU this is LAPACK (`spectui.lapack`): one blocked reduction to a narrow band (BLAS 3), all
-eigenvalues from it, the top eigenvectors of the band matrix by inverse iteration, and the reflectors
-applied to those alone. That costs about what the eigenvalues alone cost, and much less than
-torch's eigh followed by eigvalsh. On a GPU, or where SciPy's LAPACK cannot be called as declared,
-torch's solvers are used. Eigenvalues come in ascending order, as LAPACK gives them; the solvers
-read only the lower triangle of a Gram matrix, which is all `gram` fills on the CPU.
+CPU this is LAPACK (`spectui.lapack`): one blocked reduction to a narrow band (BLAS 3; a tridiagonal
+one where the library lacks the two-stage routines), all eigenvalues from it, the top eigenvectors
+of the band matrix by inverse iteration, and the reflectors applied to those alone. That costs about
+what the eigenvalues alone cost, and much less than torch's eigh followed by eigvalsh. On a GPU,
+or where SciPy's LAPACK cannot be called as declared, torch's solvers are used. Eigenvalues come in
+ascending order, as LAPACK gives them; the solvers read only the lower triangle of a Gram matrix,
+which is all `gram` fills on the CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ import numpy as np
 import torch
 
 from spectui import lapack
+
+BAND = 48  # half-width of the band a Gram matrix is reduced to (bench/README.md: 16 to 64 measured)
+_TOGETHER = 1e-3  # eigenvalues closer than this times ‖B‖ get vectors kept orthogonal to each other (as dstein)
+_MAX_ITERATIONS = 5  # inverse iteration steps per vector at most (dstein's MAXITS)
+_CONVERGED = 1e3  # a vector's residual ‖B z − λ z‖ at most this × n ε ‖B‖₁ (else: None, not a guess)
 
 
 def gram(w: torch.Tensor, minus: torch.Tensor | None = None) -> torch.Tensor:
@@ -80,11 +86,6 @@ def eigh_top(gram: torch.Tensor, count: int, scratch: bool = False) -> tuple[tor
     return lam, vecs[:, n - count:]
 
 
-BAND = 48  # half-width of the band a Gram matrix is reduced to (bench/README.md: 16 to 64 measured)
-_TOGETHER = 1e-3  # eigenvalues closer than this times ‖B‖ get vectors kept orthogonal to each other (as dstein)
-_ITERATIONS = 3  # inverse iteration steps per vector; the callers measure each result's residual
-
-
 @dataclass
 class Reduction:
     """A Gram matrix G reduced to a symmetric band B of half-width kd, G = Q B Qᵀ: the first stage of
@@ -109,15 +110,15 @@ class Reduction:
 
     def vectors(self, eigenvalues: np.ndarray) -> np.ndarray | None:
         """B's eigenvectors (columns) for some of its eigenvalues (ascending) by inverse iteration on
-        LU factors of B − λ, each kept orthogonal to those of eigenvalues near it; None where one
-        does not come out finite."""
+        LU factors of B − λ, each kept orthogonal to those of eigenvalues near it and iterated until
+        its residual is at rounding level; None where one does not get there."""
         kd, n = self.kd, self.band.shape[1]
         general = np.zeros((3 * kd + 1, n), order="F")  # dgbtrf's storage: B from row kd, room for fill-in
         general[2 * kd:] = self.band
         for r in range(1, kd + 1):
             general[2 * kd - r, r:] = self.band[r, : n - r]
         norm = float(np.abs(general).sum(axis=0).max())  # ‖B‖₁ (B is symmetric: column sums)
-        tiny = np.finfo(np.float64).eps * max(norm, np.finfo(np.float64).tiny)
+        rounding = np.finfo(np.float64).eps * max(norm, np.finfo(np.float64).tiny)
         start = np.random.default_rng(0).uniform(-1, 1, n)
         z = np.zeros((n, len(eigenvalues)), order="F")
         first = 0  # of the run of eigenvalues within _TOGETHER of their neighbours
@@ -128,10 +129,10 @@ class Reduction:
             factors[2 * kd] -= lam
             pivots = lapack.band_lu(factors, kd)
             diagonal = factors[2 * kd]  # U's: an exact eigenvalue leaves zeros there, as dstein's pivots
-            small = np.abs(diagonal) < tiny
-            diagonal[small] = np.where(diagonal[small] < 0, -tiny, tiny)
+            small = np.abs(diagonal) < rounding
+            diagonal[small] = np.where(diagonal[small] < 0, -rounding, rounding)
             x = start.copy()
-            for _ in range(_ITERATIONS):
+            for _ in range(_MAX_ITERATIONS):
                 x = lapack.band_solve(factors, kd, pivots, x.reshape(n, 1, order="F"))[:, 0]
                 near = z[:, first:i]
                 for _ in range(2):
@@ -140,6 +141,10 @@ class Reduction:
                 if not np.isfinite(size) or size == 0:
                     return None
                 x /= size
+                if np.linalg.norm(self.times(x[:, None])[:, 0] - lam * x) <= _CONVERGED * n * rounding:
+                    break
+            else:
+                return None
             z[:, i] = x
         return z
 

@@ -620,6 +620,7 @@ class _BaseEvidence:
         self._scan, self._w0 = scan, w0
         self._compact = self._spectrum = self._UNREAD
         self._gram = self._reduction = self._lam = None
+        self._irreducible = False  # reduce() found no LAPACK: asking again would form the Gram again
 
     def flags(self, tuned: TunedTop, epsilon: float) -> tuple[Flags | None, str]:
         """(flags, how they were decided) for the top tuned vectors, or (None, "exact") where no
@@ -686,11 +687,12 @@ class _BaseEvidence:
 
     def _reduce(self) -> Reduction | None:
         """W0's Gram reduced (once; None off the CPU's LAPACK), its spectrum and head cached."""
-        if self._reduction is None:
+        if self._reduction is None and not self._irreducible:
             w0 = self._w0.matrix()
             self._reduction = reduce(self._gram if self._gram is not None else gram_of(w0), scratch=True)
             self._gram = None
             if self._reduction is None:
+                self._irreducible = True
                 return None
             self._lam = self._reduction.eigenvalues()
             if self.spectrum() is None:

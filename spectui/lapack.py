@@ -61,7 +61,8 @@ def _routine(name: str):
 def _sibling(name: str):
     """`name` from the LAPACK that SciPy's Cython exports call, spelt as that library spells dsytrd
     (`scipy_dsytrd_`, `dsytrd_`): the dynamic linker looks it up through SciPy's module, which links
-    that library. 32-bit integers only, as `_routine` checked of dsytrd. KeyError where absent."""
+    that library. 32-bit integers only, as `_routine` checked of dsytrd; the character arguments'
+    hidden lengths follow the declared ones (`_call`). KeyError where absent."""
     from scipy.linalg import cython_lapack
 
     try:
@@ -72,7 +73,8 @@ def _sibling(name: str):
     address = None if spelling is None else getattr(library, name.join(spelling), None)
     if address is None:
         raise KeyError(name)
-    return ctypes.CFUNCTYPE(None, *_SIBLINGS[name])(ctypes.cast(address, ctypes.c_void_p).value)
+    hidden = (ctypes.c_size_t,) * _SIBLINGS[name].count(_char)
+    return ctypes.CFUNCTYPE(None, *_SIBLINGS[name], *hidden)(ctypes.cast(address, ctypes.c_void_p).value)
 
 
 @cache
@@ -113,7 +115,10 @@ def _d(array: np.ndarray):
 
 def _call(name: str, *args) -> None:
     info = ctypes.c_int(0)
-    _routine(name)(*args, ctypes.byref(info))
+    # a Fortran routine called by its symbol takes each character argument's length last (gfortran's
+    # convention; a C-translated LAPACK ignores them); SciPy's exports pass them themselves
+    lengths = (1,) * _SIBLINGS[name].count(_char) if name in _SIBLINGS else ()
+    _routine(name)(*args, ctypes.byref(info), *lengths)
     if info.value != 0:
         raise np.linalg.LinAlgError(f"LAPACK {name} failed (info={info.value})")
 

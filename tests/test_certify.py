@@ -1,6 +1,6 @@
 """Counts without the base's vectors (`spectui.certify`, `spectui scan --counts-only`), proven
 against the naive algorithm (two full float64 SVDs): every flag the certificates give — from
-products with W0 (`certify`) or on its tridiagonal reduction (`certify_reduced`) — is the naive
+products with W0 (`certify`) or on its band reduction (`certify_reduced`) — is the naive
 flag, every bound holds, and what they cannot decide is left to the exact path — on planted mixes,
 near-threshold vectors, clustered and repeated singular values, rank-deficient and tall bases."""
 
@@ -205,11 +205,16 @@ def test_a_split_reduction_is_decided_and_repeated_values_are_left_to_the_exact_
     assert flags_of(*planted_mix(256, 256, seed=1), route="reduced") is None
 
 
+@pytest.mark.parametrize("two_stage", [True, False], ids=["band", "tridiagonal"])
 @pytest.mark.parametrize("shape", [(256, 256), (128, 512), (512, 128)])
-def test_a_low_rank_search_on_the_base_reduction_finds_the_top_vectors(shape):
+def test_a_low_rank_search_on_the_base_reduction_finds_the_top_vectors(shape, two_stage, monkeypatch):
     """A cold scan's LoRA search runs on W0's reduction (`low_rank_gram`): that operator is W's
     short-side Gram in the reduced coordinates, and the vectors it finds are the naive SVD's within
-    the bounds measured on W itself, as the search on W finds them."""
+    the bounds measured on W itself, as the search on W finds them. Given the Gram of another
+    update, the search finds W's quotients off its own and answers None."""
+    from spectui import lapack
+
+    monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
     m, n = shape
     gen = torch.Generator().manual_seed(11)
     w0 = trained_like(m, n, gen)[0].to(torch.bfloat16).float()
@@ -228,6 +233,23 @@ def test_a_low_rank_search_on_the_base_reduction_finds_the_top_vectors(shape):
         signs = torch.sign((truth * tuned.u).sum(0))
         distance = (truth * signs - tuned.u).norm(dim=0).numpy()
         assert (tuned.error < 1e-3).all() and (distance <= tuned.error + 1e-9).all()
+    assert tuned_top(w, 10, certify_module.low_rank_gram(reduction, w0, 1.1 * b, a)) is None
+
+
+def test_a_cold_counts_scan_searches_a_lora_on_the_base_reduction(tiny, cli, monkeypatch):
+    """The engine takes that route for every adapted matrix of a cold scan (nothing cached), and the
+    flags are those of a plain scan."""
+    from spectui import engine
+
+    searched = []
+    real = engine.low_rank_gram
+    monkeypatch.setattr(engine, "low_rank_gram", lambda *args: searched.append(args[1].shape) or real(*args))
+    counts = json.loads(cli("scan", tiny / "base", tiny / "lora", "--counts-only", "--no-cache", "--json").out)
+    full = json.loads(cli("scan", tiny / "base", tiny / "lora", "--no-cache", "--json").out)
+    adapted = [m for m in counts["matrices"] if m["decided_by"] != "unchanged"]
+    assert adapted and len(searched) == len(adapted)
+    assert {m["name"]: m["intruder_ranks"] for m in counts["matrices"]} == {
+        m["name"]: m["intruder_ranks"] for m in full["matrices"]}
 
 
 def test_bounds_hold_whatever_the_threshold_stopped_at():

@@ -45,7 +45,9 @@ def test_top_vectors_and_all_values_match_a_full_solve(kind, two_stage, monkeypa
     monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
     g = gram_with(SPECTRA[kind])
     reference_lam, reference_vecs = np.linalg.eigh(g.numpy())
-    lam, vecs = eigen.eigh_top(g.clone(), COUNT)
+    with monkeypatch.context() as patch:  # no quiet fallback on the full solver
+        patch.setattr(eigen, "eigh", None)
+        lam, vecs = eigen.eigh_top(g.clone(), COUNT)
     assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, COUNT)
     np.testing.assert_allclose((g.numpy() @ vecs.numpy()) / lam.numpy()[-COUNT:], vecs.numpy(), atol=1e-8)
     np.testing.assert_allclose(eigen.eigvalsh(g.clone()).numpy(), reference_lam, rtol=1e-9,
@@ -75,12 +77,44 @@ def test_a_library_without_the_routine_is_no_sibling(monkeypatch):
         lapack._sibling("dnosuch")
 
 
-def test_a_matrix_that_splits_into_blocks_is_solved_in_full():
+@pytest.mark.parametrize("two_stage", [True, False], ids=["band", "tridiagonal"])
+def test_a_matrix_that_splits_into_blocks_is_solved_by_inverse_iteration(two_stage, monkeypatch):
+    from spectui import lapack
+
+    monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
     a, b = gram_with(np.logspace(0, -3, N // 2), 1).numpy(), gram_with(np.logspace(0.5, -2, N // 2), 2).numpy()
     g = torch.from_numpy(np.block([[a, np.zeros_like(a)], [np.zeros_like(b), b]]))
     reference_lam, reference_vecs = np.linalg.eigh(g.numpy())
+    monkeypatch.setattr(eigen, "eigh", None)
     lam, vecs = eigen.eigh_top(g.clone(), COUNT)
     assert_same_top_pairs(lam, vecs, reference_lam, reference_vecs, COUNT)
+
+
+@pytest.mark.parametrize("two_stage", [True, False], ids=["band", "tridiagonal"])
+@pytest.mark.parametrize("n", [2, 3, 49, 50, 51, 97])
+def test_a_reduction_is_similar_to_its_matrix_at_every_size(n, two_stage, monkeypatch):
+    """G = Q B Qᵀ with B banded (half-width min(BAND, n − 1), or 1 by dsytrd) at the sizes where the
+    band is the whole matrix, one short of it, or just narrower: B's product, Q's two directions and
+    B's eigenpairs by inverse iteration, against dense linear algebra."""
+    from spectui import lapack
+
+    monkeypatch.setattr(lapack, "two_stage", lambda: two_stage)
+    spectrum = np.logspace(0, -4, n)
+    g = gram_with(spectrum, seed=n).numpy()
+    reduction = eigen.reduce(torch.from_numpy(g.copy()))
+    kd = reduction.kd
+    assert kd == (min(eigen.BAND, n - 1) if two_stage else 1)
+    b = reduction.times(np.eye(n))  # B, column by column
+    assert np.allclose(b, b.T, atol=1e-14) and not np.triu(b, kd + 1).any()
+    q = reduction.from_reduced(np.eye(n))
+    np.testing.assert_allclose(q.T @ q, np.eye(n), atol=1e-13)
+    np.testing.assert_allclose(q @ b @ q.T, g, atol=1e-13)
+    np.testing.assert_allclose(reduction.to_reduced(q), np.eye(n), atol=1e-13)
+    lam = reduction.eigenvalues()
+    np.testing.assert_allclose(lam, np.sort(spectrum), rtol=1e-9, atol=1e-14)
+    z = reduction.vectors(lam)
+    np.testing.assert_allclose(b @ z, z * lam, atol=1e-12)
+    np.testing.assert_allclose(z.T @ z, np.eye(n), atol=1e-10)
 
 
 def test_a_scratch_gram_gives_the_same_answers():
