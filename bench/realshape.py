@@ -48,7 +48,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from scan import peak_rss_mb  # noqa: E402  (the bench's own helper, beside this file)
+from scan import blas_kernels, peak_rss_mb  # noqa: E402  (the bench's own helper, beside this file)
 
 K, EPS, RANK = 10, 0.5, 16
 ATTENTION = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (1024, 4096),
@@ -217,7 +217,7 @@ def child(mode: str, base: str, tuned: str, cache: str, device: str) -> None:
         torch.cuda.synchronize()
     cpu = time.process_time() - cpu_start
     print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": cpu, "peak_mb": peak_rss_mb(),
-                      "flags": flags, "fallbacks": fallbacks, "redecomposed": redecomposed,
+                      "blas": blas_kernels(), "flags": flags, "fallbacks": fallbacks, "redecomposed": redecomposed,
                       "decided_by": routes}))
 
 
@@ -263,7 +263,7 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
     best = {mode: min(rows, key=lambda r: r["seconds"]) for mode, rows in runs.items()}
     paper = best["paper"]
     row = {"case": case, "tuned": tuned_kind, "matrices": len(paper["flags"]), "layers_in_model": layers,
-           "layers_measured": measured_layers,
+           "layers_measured": measured_layers, "blas": best["cold"]["blas"],
            "intruders": sum(len(v) for v in paper["flags"].values()),
            "flags_identical": all(r["flags"] == paper["flags"] for mode, rows in runs.items() for r in rows
                                   if mode != "read_hash"),
@@ -279,7 +279,8 @@ def run_case(case: str, tuned_kind: str, paths, base_bytes: int, layers: int, wo
         row[f"{mode}_peak_mb"] = r["peak_mb"]
         row[f"{mode}_speedup"] = paper["seconds"] / r["seconds"]
         row[f"{mode}_model_min"] = r["seconds"] / measured_layers * layers / 60
-    print(f"{case:4} {tuned_kind:5} {row['matrices']:3d} matrices, {row['intruders']:3d} intruders | " + "  ".join(
+    print(f"{case:4} {tuned_kind:5} {row['matrices']:3d} matrices, {row['intruders']:3d} intruders, "
+          f"{row['blas']} | " + "  ".join(
         f"{mode} {row[f'{mode}_s']:7.1f}s ×{row[f'{mode}_speedup']:4.1f} ({row[f'{mode}_model_min']:6.1f} min/model, "
         f"{row[f'{mode}_peak_mb']:.0f} MB)" for mode in best) +
         f" | cache {row['cache_ratio']:.2f}× base (counts: {row['counts_cache_ratio']:.3f}×, "

@@ -102,7 +102,16 @@ SciPy, which a scan's worker imports in the background)."""
         flags = naive_scan(base, tuned) if mode == "naive" else spectui_scan(base, tuned, cache)
         seconds = time.perf_counter() - start
     peak_mb = peak_rss_mb()
-    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "flags": flags}))
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, "blas": blas_kernels(), "flags": flags}))
+
+
+def blas_kernels() -> str:
+    """Which kernels each loaded OpenBLAS runs (call after the solvers are imported): a development
+    machine may pin older ones through OPENBLAS_CORETYPE, which a user's machine does not (README)."""
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(sorted({f"{i['internal_api']} {i.get('architecture', '?')}" for i in threadpool_info()
+                             if i["user_api"] == "blas"}))
 
 
 def peak_rss_mb() -> float:
@@ -181,11 +190,12 @@ def compare_case(label: str, base: Path, tuned: Path, workdir: Path, repeat: int
         "cold_speedup": naive["seconds"] / cold["seconds"], "warm_speedup": naive["seconds"] / warm["seconds"],
         "core_s": core["seconds"], "core_speedup": naive["seconds"] / core["seconds"],
         "flags_identical": agree, "peak_mb_naive": naive["peak_mb"], "peak_mb_cold": cold["peak_mb"],
+        "blas": cold["blas"],
     }
     print(f"{label:28} {row['matrices']:4d} matrices  naive {row['naive_s']:7.2f}s  "
           f"cold {row['cold_s']:6.2f}s ({row['cold_speedup']:4.1f}×)  warm {row['warm_s']:6.2f}s "
           f"({row['warm_speedup']:4.1f}×)  core {row['core_s']:6.2f}s ({row['core_speedup']:4.1f}×)  "
-          f"flags identical: {agree}  peak {row['peak_mb_cold']:.0f} MB", flush=True)
+          f"flags identical: {agree}  peak {row['peak_mb_cold']:.0f} MB  {row['blas']}", flush=True)
     return row
 
 

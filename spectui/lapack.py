@@ -5,9 +5,9 @@ threads would take turns. SciPy also exports every routine
 as a C function pointer for Cython (`scipy.linalg.cython_lapack`, a public API, the route numba
 takes); ctypes calls those with the GIL released. Arrays are column-major float64, as LAPACK wants.
 
-Some routines are not among those exports: the two-stage eigenvalue solver (`dsyev_2stage`, LAPACK
-3.7) and its two stages (`dsytrd_sy2sb`: dense to band, `dsytrd_sb2st`: band to tridiagonal), whose
-band reduction runs on BLAS 3 where `dsytrd` spends half its time streaming the matrix through
+Some routines are not among those exports: the two stages of LAPACK 3.7's two-stage eigen-solver
+(`dsytrd_sy2sb`: dense to band, `dsytrd_sb2st`: band to tridiagonal), whose band reduction runs on
+BLAS 3 where `dsytrd` spends half its time streaming the matrix through
 matrix-vector products. They are looked up in the library behind those exports, spelt as that
 library spells dsytrd; where it lacks them, `dsytrd` does both reductions.
 """
@@ -34,7 +34,6 @@ _SIGNATURES = {  # argument types, in the order of the Fortran routines
 
 
 _SIBLINGS = {  # the same, for routines looked up beside SciPy's (`_sibling`)
-    "dsyev_2stage": (_char, _char, _int, _double, _int, _double, _double, _int, _int),
     "dsytrd_sy2sb": (_char, _int, _int, _double, _int, _double, _int, _double, _double, _int, _int),
     "dsytrd_sb2st": (_char, _char, _char, _int, _int, _double, _int, _double, _double, _double, _int, _double,
                      _int, _int),
@@ -79,7 +78,7 @@ def _sibling(name: str):
 
 @cache
 def two_stage() -> bool:
-    """Whether the two-stage solver and its two stages are at hand (`eigenvalues`, `band_reduce`)."""
+    """Whether the two-stage solver's two stages are at hand (`band_reduce`, `band_tridiagonal`)."""
     try:
         return usable() and all(_routine(name) for name in _SIBLINGS)
     except KeyError:
@@ -133,22 +132,26 @@ def gram_lower(w: np.ndarray, chunk: int = 512, minus: np.ndarray | None = None)
     size = min(m, n)
     out = np.zeros((size, size), order="F")
     one = ctypes.byref(ctypes.c_double(1.0))
+    # a slab stored row-major as rows × columns is the column-major columns × rows matrix A: a slab
+    # of rows adds A Aᵀ to Wᵀ W ("N"), a slab of columns Aᵀ A to W Wᵀ ("T"), neither transposed here
+    wide = m <= n
     for start in range(0, max(m, n), chunk):
-        # W Wᵀ sums S Sᵀ over column slabs S, Wᵀ W sums Sᵀ S over row slabs; either way the slab,
-        # stored row-major as c × size, is the column-major size × c matrix A whose A Aᵀ is added
-        cut = np.s_[:, start: start + chunk] if m <= n else np.s_[start: start + chunk]
-        slab = _float64(w[cut].T if m <= n else w[cut])
+        cut = np.s_[:, start: start + chunk] if wide else np.s_[start: start + chunk]
+        slab = _float64(w[cut])
         if minus is not None:
-            slab -= _float64(minus[cut].T if m <= n else minus[cut])
-        _routine("dsyrk")(b"L", b"N", _i(size), _i(slab.shape[0]), one, _d(slab), _i(size), one, _d(out), _i(size))
+            slab -= _float64(minus[cut])
+        depth = slab.shape[1] if wide else slab.shape[0]
+        _routine("dsyrk")(b"L", b"T" if wide else b"N", _i(size), _i(depth), one, _d(slab), _i(slab.shape[1]), one,
+                          _d(out), _i(size))
     return out
 
 
 def _float64(block) -> np.ndarray:
-    """A C-ordered float64 copy of a numpy array, or of a torch tensor of a type numpy lacks."""
+    """A C-ordered float64 copy of a numpy array, or of a torch tensor of a type numpy lacks (through
+    float32, which holds it exactly: torch's own conversion to float64 took 5× longer)."""
     if isinstance(block, np.ndarray):
         return np.array(block, dtype=np.float64, order="C")
-    return np.ascontiguousarray(block.double().numpy())
+    return block.float().numpy().astype(np.float64, order="C")
 
 
 def syevd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,19 +172,6 @@ def sytrd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d, e, tau = np.empty(n), np.empty(max(n - 1, 1)), np.empty(max(n - 1, 1))
     _with_workspace("dsytrd", b"L", _i(n), _d(a), _i(n), _d(d), _d(e), _d(tau))
     return d, e[: n - 1], tau[: n - 1]
-
-
-def eigenvalues(a: np.ndarray) -> np.ndarray:
-    """All eigenvalues (ascending) of a symmetric matrix given by its lower triangle; `a`
-    (column-major) is overwritten. Two-stage where the library has it: 1.7× faster at n = 4096 with
-    two scans' workers running (bench/README.md)."""
-    if not two_stage():
-        d, e, _ = sytrd(a)
-        return sterf(d, e)
-    n = a.shape[0]
-    lam = np.empty(n)
-    _with_workspace("dsyev_2stage", b"N", b"L", _i(n), _d(a), _i(n), _d(lam))
-    return lam
 
 
 def sterf(d: np.ndarray, e: np.ndarray) -> np.ndarray:

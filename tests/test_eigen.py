@@ -54,11 +54,11 @@ def test_top_vectors_and_all_values_match_a_full_solve(kind, two_stage, monkeypa
                                atol=1e-12 * reference_lam[-1])
 
 
-@pytest.mark.parametrize("two_stage", [True, False], ids=["two-stage", "dsytrd"])
+@pytest.mark.parametrize("two_stage", [True, False], ids=["band", "dsytrd"])
 @pytest.mark.parametrize("kind", SPECTRA)
 def test_every_eigenvalue_by_either_reduction_matches_a_full_solve(kind, two_stage, monkeypatch):
-    """`eigvalsh` takes LAPACK's two-stage solver, found beside SciPy's exports; a library without it
-    falls back on dsytrd and dsterf. Both agree with numpy's full solver to rounding."""
+    """`eigvalsh` takes the two-stage solver's stages, found beside SciPy's exports; a library without
+    them falls back on dsytrd and dsterf. Both agree with numpy's full solver to rounding."""
     from spectui import lapack
 
     assert lapack.two_stage(), "SciPy's OpenBLAS exports the two-stage routines: the fast path must be found"
@@ -72,7 +72,7 @@ def test_every_eigenvalue_by_either_reduction_matches_a_full_solve(kind, two_sta
 def test_a_library_without_the_routine_is_no_sibling(monkeypatch):
     from spectui import lapack
 
-    monkeypatch.setitem(lapack._SIBLINGS, "dnosuch", lapack._SIBLINGS["dsyev_2stage"])
+    monkeypatch.setitem(lapack._SIBLINGS, "dnosuch", lapack._SIBLINGS["dsytrd_sy2sb"])
     with pytest.raises(KeyError):
         lapack._sibling("dnosuch")
 
@@ -198,3 +198,14 @@ def test_the_gram_of_a_difference_is_that_of_the_difference_formed_whole(shape, 
     np.testing.assert_allclose(np.tril(lower), np.tril(expected.numpy()), rtol=1e-10, atol=1e-12)
     monkeypatch.setattr(lapack, "usable", lambda: False)
     np.testing.assert_allclose(eigen.gram(w, minus=w0).numpy(), expected.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("shape", [(600, 1300), (1300, 600), (517, 517)])
+def test_a_gram_in_slabs_of_any_stored_type_is_the_float64_product(shape, dtype):
+    """Slabs of rows (tall W) or of columns (wide W, read in place), the last one short, converted
+    from the type as stored: the float64 product of the same values."""
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(dtype)
+    exact = w.double()
+    expected = exact @ exact.T if shape[0] <= shape[1] else exact.T @ exact
+    np.testing.assert_allclose(np.tril(eigen.gram(w).numpy()), np.tril(expected.numpy()), rtol=1e-12, atol=1e-10)
