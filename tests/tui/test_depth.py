@@ -142,3 +142,24 @@ async def test_an_app_closed_while_the_overview_mounts_fails_nowhere_in_spectui(
     async with app.run_test(size=(100, 30)) as pilot:  # Textual's own Header has the same race
         await pilot.pause()
     assert app._exception is None and app.return_code == 0 and not app._exit_renderables
+
+
+async def test_the_grid_follows_a_burst_of_moves_in_the_list_without_echoing_them(make_app, deep32, monkeypatch):
+    """Forty moves in the list: the grid follows each and says nothing back (its echo, arriving after
+    the list had moved on, pulled both back and forth for ever and starved the scan of the GIL)."""
+    said = []
+    heard = SpectuiApp.on_matrix_highlighted
+    monkeypatch.setattr(SpectuiApp, "on_matrix_highlighted", lambda self, m: (said.append(m.name), heard(self, m)))
+    app = make_app(*deep32)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for_scan(pilot)
+        listing, grid = app.screen.query_one(MatrixList), app.screen.query_one(OverviewGrid)
+        app.screen.set_focus(listing.table)
+        await pilot.pause()
+        said.clear()
+        await pilot.press(*["down"] * 40)
+        await pilot.pause(0.3)
+        assert len(said) == 40 and grid.highlighted == listing.highlighted == said[-1]
+        said.clear()
+        await pilot.pause(0.3)
+        assert not said

@@ -190,7 +190,8 @@ class MatrixList(Vertical):
         event.stop()
         if event.row_key is not None and event.row_key.value in self._entries:
             self._update_note()
-            self.post_message(MatrixHighlighted(event.row_key.value))
+            if self.has_focus_within:  # not an echo of following the grid (`OverviewGrid`)
+                self.post_message(MatrixHighlighted(event.row_key.value))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

@@ -276,9 +276,10 @@ class OverviewGrid(DataTable):
         self.move_cursor(row=self.cursor_row, column=self.cursor_column)
 
     def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
-        """A matrix under the cursor is said to the list (which follows); the event goes on to the
-        screen, which names the cell under the grid."""
-        if (name := self.highlighted) is not None:
+        """A matrix the user moved to is said to the list (which follows); the event goes on to the
+        screen, which names the cell under the grid. Not when the grid was the one following: its
+        echo, arriving after the list moved on, would pull both back and forth for ever."""
+        if self.has_focus and (name := self.highlighted) is not None:
             self.post_message(MatrixHighlighted(name))
 
     def on_data_table_cell_selected(self, event: DataTable.CellSelected) -> None:
